@@ -1,0 +1,24 @@
+"""Device selection: every model takes ``device`` as an argument; nothing calls ``.cuda()``."""
+from __future__ import annotations
+
+import torch
+
+
+def default_device() -> torch.device:
+    """CUDA if present, then Apple MPS, then CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> :func:`default_device`; strings are validated with a clear error."""
+    if device is None:
+        return default_device()
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: expected 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") from e

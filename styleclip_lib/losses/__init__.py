@@ -1,0 +1,1 @@
+"""Losses used by the editing methods (CLIP loss, identity loss)."""
