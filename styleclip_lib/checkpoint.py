@@ -128,3 +128,12 @@ def check_state_dict(
     if bad:
         k, got, want = bad[0]
         raise CheckpointError(path, f"{len(bad)} tensors of the wrong shape (e.g. {k!r}: {got} instead of {want})", expected)
+
+
+def is_toy_checkpoint(path: str | os.PathLike) -> bool:
+    """True for the toy world's small-net files (``{'kind', 'config', 'state_dict'}``)."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not readable here: let the real loader report it
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("kind"), str) and "config" in obj

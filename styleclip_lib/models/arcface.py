@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import CheckpointError, check_state_dict, describe, load_state
+from ..checkpoint import CheckpointError, check_state_dict, describe, load_state, is_toy_checkpoint as _is_toy_checkpoint
 from ..device import resolve_device
 
 __all__ = [
@@ -381,6 +381,11 @@ def load_arcface(name_or_path, device=None) -> IdentityEncoder:
 
     dev = resolve_device(device)
     path = resolve(name_or_path, kind="arcface")
+    if _is_toy_checkpoint(path):
+        # the toy world's identity net has the same call contract (images in [-1, 1] -> unit embeddings)
+        from ..toy.nets import load_net
+
+        return load_net(path, "identity", device=dev)
     state = _tensor_dict(path, load_state(path, expected=_EXPECTED), _EXPECTED)
     model = IdentityEncoder(backbone_from_state_dict(state, path=path))
     model.requires_grad_(False)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import CheckpointError, describe, load_state, strip_prefix
+from ..checkpoint import CheckpointError, describe, load_state, strip_prefix, is_toy_checkpoint as _is_toy_checkpoint
 from ..device import resolve_device
 from .arcface import assign_state, get_blocks, infer_body_config, make_body, make_input_layer
 
@@ -361,6 +361,11 @@ def load_e4e(name_or_path, device=None, *, keep_decoder: bool = True) -> E4EInve
 
     dev = resolve_device(device)
     path = resolve(name_or_path, kind="e4e")
+    if _is_toy_checkpoint(path):
+        # the toy world's encoder net has the same call contract (images in [-1, 1] -> W+)
+        from ..toy.nets import load_net
+
+        return load_net(path, "encoder", device=dev)
     ckpt = load_state(path, expected=_EXPECTED)
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
         hint = ""

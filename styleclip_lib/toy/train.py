@@ -1,0 +1,390 @@
+"""Train the toy world: ``python -m styleclip_lib.toy.train``.
+
+Stages (each seeded, resumable from ``--workdir``, with a progress bar):
+
+1. ``judge``     attribute classifier + identity regressor on fresh renders (evaluation only).
+2. ``identity``  the toy ArcFace: a separate net whose embedding encodes only identity geometry.
+3. ``generator`` the same StyleGAN2 ``Generator`` class, trained as a *supervised decoder of the
+                 renderer*: ``z ~ N(0, I)``; the first ``LATENT_FACTORS`` numbers of z pick the face
+                 (``params_from_normal``) and ``synthesis(mapping(z))`` is regressed onto its render.
+                 Why not a GAN: on 2 CPU cores a GAN does not converge in minutes, while the
+                 supervised decoder does, gives exact ground truth for every sample and covers every
+                 attribute value by construction.  Samples near the attribute bins' edges are
+                 over-drawn so the mapping learns sharp transitions (no "half purple" hair).
+4. ``encoder``   e4e-like ``ToyEncoder`` image → W+, supervised by the true W+ of generator samples
+                 and by reconstruction through the frozen generator.
+5. ``clip``      the same ``CLIP`` class (ViT, real BPE tokenizer, context 77), contrastive on renders
+                 and template captions.
+
+``--export`` (default on) writes fp16 weights to ``styleclip_lib/toy/weights/`` in the formats the
+normal loaders read.  ``--tiny`` shrinks every stage to a few steps (used by the tests).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+from . import render as R
+from .nets import IdentityNet, Judge, ToyEncoder, save_net
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+IMAGE_SIZE = 64
+
+GENERATOR_CONFIG = dict(size=IMAGE_SIZE, style_dim=128, n_mlp=4, channels={4: 128, 8: 128, 16: 96, 32: 64, 64: 32})
+CLIP_CONFIG = dict(embed_dim=64, image_resolution=IMAGE_SIZE, vision_layers=4, vision_width=128, vision_patch_size=8,
+                   context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=3)
+
+# Steps per stage (full run: about 45 min on 2 CPU cores) and the tiny smoke-test schedule.
+FULL_STEPS = dict(judge=700, identity=600, generator=3000, encoder=800, clip=1500)
+TINY_STEPS = dict(judge=3, identity=3, generator=3, encoder=3, clip=3)
+BATCH = dict(judge=48, identity=48, generator=32, encoder=32, clip=128)
+
+
+def _tqdm(total, desc, disable):
+    try:
+        from tqdm.auto import tqdm
+        return tqdm(total=total, desc=desc, disable=disable, dynamic_ncols=True)
+    except ImportError:  # pragma: no cover
+        class _Null:
+            def update(self, n=1): pass
+            def set_postfix(self, **k): pass
+            def close(self): pass
+        return _Null()
+
+
+def to_tensor(images_uint8: np.ndarray, device="cpu") -> torch.Tensor:
+    """uint8 (N, H, W, 3) → float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images_uint8).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def render_tensor(batch: R.FaceBatch, size: int = IMAGE_SIZE, device="cpu") -> torch.Tensor:
+    return to_tensor(R.render_batch(batch, size), device)
+
+
+def attribute_targets(batch: R.FaceBatch) -> dict[str, torch.Tensor]:
+    t = {a: torch.from_numpy(batch.attr(a)) for a in R.ATTR_NAMES}
+    t["identity"] = torch.from_numpy(batch.cont)
+    t["hair_visible"] = torch.from_numpy(R.observable_mask(batch)[:, R.ATTR_NAMES.index("hair_color")])
+    return t
+
+
+def judge_loss(out: dict, t: dict) -> torch.Tensor:
+    loss = F.mse_loss(out["identity"], t["identity"]) * 10
+    for a in R.ATTR_NAMES:
+        ce = F.cross_entropy(out[a], t[a], reduction="none")
+        if a == "hair_color":  # unobservable on bald, beardless faces: no target
+            ce = ce * t["hair_visible"].float()
+        loss = loss + ce.mean()
+    return loss
+
+
+# --------------------------------------------------------------------------- generic loop
+
+#: stop every stage after this many steps *in this run* (``--stop-after``), for time-sliced training
+STOP_AFTER: int | None = None
+
+class Stage:
+    """Resumable training loop: ``state`` (models + optimiser + step + RNG) saved every ``every`` steps."""
+
+    def __init__(self, name: str, workdir: Path, steps: int, seed: int, quiet: bool):
+        self.name, self.steps, self.quiet = name, steps, quiet
+        self.path = workdir / f"{name}.ckpt"
+        self.seed = seed
+        self.step = 0
+
+    def run(self, modules: dict, optimizer, step_fn, every: int = 200):
+        if self.path.exists():
+            ck = torch.load(self.path, weights_only=False)
+            for k, m in modules.items():
+                m.load_state_dict(ck["modules"][k])
+            optimizer.load_state_dict(ck["optimizer"])
+            self.step = ck["step"]
+            torch.set_rng_state(ck["torch_rng"])
+            np_rng = ck["np_rng"]
+        else:
+            torch.manual_seed(self.seed)
+            np_rng = np.random.default_rng(self.seed).bit_generator.state
+        rng = np.random.default_rng()
+        rng.bit_generator.state = np_rng
+        bar = _tqdm(self.steps, self.name, self.quiet)
+        bar.update(self.step)
+        ema = None
+        budget = self.steps if STOP_AFTER is None else min(self.steps, self.step + STOP_AFTER)
+
+        def save():
+            tmp = self.path.with_suffix(".tmp")
+            torch.save({"modules": {k: m.state_dict() for k, m in modules.items()}, "optimizer": optimizer.state_dict(),
+                        "step": self.step, "torch_rng": torch.get_rng_state(), "np_rng": rng.bit_generator.state}, tmp)
+            os.replace(tmp, self.path)
+
+        try:
+            while self.step < budget:
+                loss = step_fn(self.step, rng)
+                ema = loss if ema is None else 0.98 * ema + 0.02 * loss
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{ema:.4f}")
+                if self.step % every == 0 or self.step == budget:
+                    save()
+        except KeyboardInterrupt:
+            save()  # Ctrl-C keeps the work done so far; rerun the same command to resume
+            bar.close()
+            raise
+        bar.close()
+        return ema
+
+
+# --------------------------------------------------------------------------- stages
+
+def train_judge(workdir, steps, seed, quiet, kind="judge", batch=None):
+    batch = batch or BATCH[kind]
+    torch.manual_seed(seed)
+    if kind == "judge":
+        net = Judge(R.ATTRIBUTES, R.IDENTITY, IMAGE_SIZE)
+    else:
+        net = IdentityNet(len(R.IDENTITY), IMAGE_SIZE)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched_steps = max(steps, 1)
+
+    def step(i, rng):
+        for g in opt.param_groups:
+            g["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * i / sched_steps))
+        faces = R.sample_params(batch, seed=int(rng.integers(2**31)))
+        x = render_tensor(faces)
+        x = x + 0.02 * torch.randn_like(x)  # robustness to generator artefacts
+        t = attribute_targets(faces)
+        if kind == "judge":
+            loss = judge_loss(net(x), t)
+        else:
+            loss = F.mse_loss(net.predict_identity(x), t["identity"]) * 10
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    Stage(kind, workdir, steps, seed, quiet).run({"net": net}, opt, step)
+    return net.eval()
+
+
+def boundary_biased_normal(n: int, rng: np.random.Generator, p_edge: float = 0.3) -> np.ndarray:
+    """z ~ N(0, 1), except that with probability ``p_edge`` one attribute factor is moved
+    next to one of its bin edges, so the decoder sees (and learns) sharp transitions."""
+    z = rng.standard_normal((n, R.LATENT_FACTORS))
+    from statistics import NormalDist
+
+    inv = NormalDist().inv_cdf
+    counts = [len(v) for v in R.ATTRIBUTES.values()]
+    for i in np.nonzero(rng.random(n) < p_edge)[0]:
+        a = int(rng.integers(len(counts)))
+        k = int(rng.integers(1, counts[a]))
+        z[i, a] = inv(k / counts[a]) + rng.normal(0, 0.03)
+    return z
+
+
+def train_generator(workdir, steps, seed, quiet, batch=None):
+    n = batch or BATCH["generator"]
+    from ..models.stylegan2 import Generator
+
+    torch.manual_seed(seed)
+    g = Generator(**GENERATOR_CONFIG)
+    mapping = [p for n, p in g.named_parameters() if n.startswith("style.")]
+    synth = [p for n, p in g.named_parameters() if not n.startswith("style.")]
+    base_lr = 2e-3
+    # EqualLinear(lr_mul=0.01) slows the mapping 100x (StyleGAN's choice for GANs); a supervised
+    # decoder wants it to learn as fast as the rest, so its stored weights get a 30x larger lr.
+    opt = torch.optim.Adam([{"params": synth, "lr": base_lr}, {"params": mapping, "lr": base_lr * 30}], betas=(0.9, 0.99))
+    g.requires_grad_(True)
+
+    def step(i, rng):
+        frac = i / max(steps, 1)
+        for grp, mult in zip(opt.param_groups, (1, 30)):
+            grp["lr"] = base_lr * mult * min(1.0, 0.5 * (1 + math.cos(math.pi * frac)) + 0.05)
+        z = torch.randn(n, g.w_dim, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
+        factors = boundary_biased_normal(n, rng)
+        z[:, : R.LATENT_FACTORS] = torch.from_numpy(factors).float()
+        target = render_tensor(R.params_from_normal(factors))
+        img = g.synthesis(g.mapping(z), noise_mode="const")
+        loss = F.l1_loss(img, target) + F.mse_loss(img, target)
+        # multiscale term: colour regions right at low resolution, not only edges
+        loss = loss + F.l1_loss(F.avg_pool2d(img, 4), F.avg_pool2d(target, 4))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    Stage("generator", workdir, steps, seed, quiet).run({"g": g}, opt, step, every=100)
+    g.requires_grad_(False)
+    with torch.no_grad():
+        g.latent_avg.copy_(g.mean_latent(4096, generator=torch.Generator().manual_seed(seed))[0])
+    return g.eval()
+
+
+def train_encoder(g, workdir, steps, seed, quiet, batch=None):
+    n = batch or BATCH["encoder"]
+    torch.manual_seed(seed)
+    enc = ToyEncoder(g.num_ws, g.w_dim, IMAGE_SIZE)
+    enc.latent_avg.copy_(g.latent_avg)
+    opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
+
+    def step(i, rng):
+        for grp in opt.param_groups:
+            grp["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * i / max(steps, 1)))
+        z = torch.randn(n, g.w_dim, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
+        with torch.no_grad():
+            w = g.mapping(z)
+            # train on renders (the real domain) and on generator samples (what inversion sees)
+            target_img = render_tensor(R.params_from_normal(z[:, : R.LATENT_FACTORS].double().numpy()))
+        w_plus = enc(target_img)
+        rec = g.synthesis(w_plus)
+        loss = F.mse_loss(w_plus, w[:, None].expand_as(w_plus)) + F.l1_loss(rec, target_img) + F.mse_loss(rec, target_img)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    Stage("encoder", workdir, steps, seed, quiet).run({"enc": enc}, opt, step)
+    return enc.eval()
+
+
+def train_clip(workdir, steps, seed, quiet, batch=None):
+    n = batch or BATCH["clip"]
+    from ..models.clip import CLIP, clip_normalize
+    from ..tokenizer import tokenize
+    from . import captions as C
+
+    torch.manual_seed(seed)
+    model = CLIP(**CLIP_CONFIG)
+    _init_clip(model)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": other, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.98))
+
+    def step(i, rng):
+        warm = min(1.0, (i + 1) / 100)
+        for grp in opt.param_groups:
+            grp["lr"] = 1e-3 * warm * 0.5 * (1 + math.cos(math.pi * i / max(steps, 1)))
+        faces = R.sample_params(n, seed=int(rng.integers(2**31)))
+        x = render_tensor(faces)
+        x = x + 0.02 * torch.randn_like(x)
+        texts = [C.caption(p, rng) for p in faces]
+        tokens = tokenize(texts)
+        img = F.normalize(model.encode_image(clip_normalize((x + 1) / 2)), dim=-1)
+        txt = F.normalize(model.encode_text(tokens), dim=-1)
+        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.t()
+        # captions of different faces can coincide ("a smiling face"): treat equal captions as positives
+        same = torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.float32)
+        target_t = same / same.sum(1, keepdim=True)
+        loss = 0.5 * (torch.sum(-target_t * logits.log_softmax(1), 1).mean() + torch.sum(-target_t * logits.t().log_softmax(1), 1).mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        return loss.item()
+
+    Stage("clip", workdir, steps, seed, quiet).run({"clip": model}, opt, step)
+    return model.eval()
+
+
+def _init_clip(model):
+    """OpenAI's CLIP initialisation (``initialize_parameters``): small token/position embeddings and
+    depth-scaled residual projections, which makes a tiny CLIP train stably from scratch."""
+    torch.nn.init.normal_(model.token_embedding.weight, std=0.02)
+    torch.nn.init.normal_(model.positional_embedding, std=0.01)
+    for tower in (model.transformer, model.visual.transformer):
+        width = tower.resblocks[0].ln_1.weight.shape[0]
+        proj_std = (width ** -0.5) * ((2 * len(tower.resblocks)) ** -0.5)
+        for blk in tower.resblocks:
+            torch.nn.init.normal_(blk.attn.in_proj_weight, std=width ** -0.5)
+            torch.nn.init.normal_(blk.attn.out_proj.weight, std=proj_std)
+            torch.nn.init.normal_(blk.mlp.c_fc.weight, std=(2 * width) ** -0.5)
+            torch.nn.init.normal_(blk.mlp.c_proj.weight, std=proj_std)
+
+
+# --------------------------------------------------------------------------- export
+
+def export(models: dict, out_dir: Path = WEIGHTS_DIR) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    if "generator" in models:
+        g = models["generator"]
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in g.state_dict().items() if k != "latent_avg"}
+        paths["generator"] = out_dir / "generator.pt"
+        torch.save({"g_ema": sd, "latent_avg": g.latent_avg.clone()}, paths["generator"])
+    if "clip" in models:
+        m = models["clip"]
+        sd = {k: (v.half() if v.is_floating_point() and v.ndim >= 2 and "embedding" not in k else v) for k, v in m.state_dict().items()}
+        paths["clip"] = out_dir / "clip.pt"
+        torch.save(sd, paths["clip"])
+    for kind in ("judge", "identity", "encoder"):
+        if kind in models:
+            paths[kind] = out_dir / f"{kind}.pt"
+            save_net(models[kind], kind, paths[kind])
+    return paths
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m styleclip_lib.toy.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stages", default="generator,judge,identity,encoder,clip")
+    ap.add_argument("--workdir", default="runs/toy", help="checkpoints for resuming")
+    ap.add_argument("--out", default=str(WEIGHTS_DIR), help="where the exported weights go")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tiny", action="store_true", help="a few steps per stage (smoke test)")
+    ap.add_argument("--steps", default="", help="override, e.g. generator=8000,clip=4000")
+    ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--batch", type=int, default=0, help="override every stage's batch size")
+    ap.add_argument("--stop-after", type=int, default=0, help="leave each stage after N steps of this run (resume later)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    global STOP_AFTER
+    STOP_AFTER = a.stop_after or None
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    steps = dict(TINY_STEPS if a.tiny else FULL_STEPS)
+    batch = a.batch or (8 if a.tiny else None)
+    for kv in filter(None, a.steps.split(",")):
+        k, v = kv.split("=")
+        steps[k] = int(v)
+    stages = [s.strip() for s in a.stages.split(",") if s.strip()]
+    unknown = set(stages) - set(FULL_STEPS)
+    if unknown:
+        ap.error(f"unknown stages {sorted(unknown)}; expected some of {list(FULL_STEPS)}")
+    workdir = Path(a.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    random.seed(a.seed)
+    models, t0 = {}, time.time()
+    for i, s in enumerate(stages):
+        ts = time.time()
+        seed = a.seed * 100 + i
+        if s in ("judge", "identity"):
+            models[s] = train_judge(workdir, steps[s], seed, a.quiet, kind=s, batch=batch)
+        elif s == "generator":
+            models[s] = train_generator(workdir, steps[s], seed, a.quiet, batch=batch)
+        elif s == "encoder":
+            g = models.get("generator")
+            if g is None:
+                from ..models.stylegan2 import load_generator
+                g = load_generator(Path(a.out) / "generator.pt", device="cpu")
+            models[s] = train_encoder(g, workdir, steps[s], seed, a.quiet, batch=batch)
+        elif s == "clip":
+            models[s] = train_clip(workdir, steps[s], seed, a.quiet, batch=batch)
+        print(f"[{s}] {steps[s]} steps in {time.time() - ts:.0f}s", flush=True)
+        if not a.no_export:
+            export({s: models[s]}, Path(a.out))
+    print(f"done in {time.time() - t0:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
