@@ -6,11 +6,11 @@ Stages (each seeded, resumable from ``--workdir``, with a progress bar):
 2. ``identity``  the toy ArcFace: a separate net whose embedding encodes only identity geometry.
 3. ``generator`` the same StyleGAN2 ``Generator`` class, trained as a *supervised decoder of the
                  renderer*: ``z ~ N(0, I)``; the first ``LATENT_FACTORS`` numbers of z pick the face
-                 (``params_from_normal``) and ``synthesis(mapping(z))`` is regressed onto its render.
-                 Why not a GAN: on 2 CPU cores a GAN does not converge in minutes, while the
-                 supervised decoder does, gives exact ground truth for every sample and covers every
-                 attribute value by construction.  Samples near the attribute bins' edges are
-                 over-drawn so the mapping learns sharp transitions (no "half purple" hair).
+                 (``params_from_normal``) and ``synthesis(mapping(z))`` must draw its render.  Trained
+                 in two regressions (:func:`train_generator`): synthesis from an exact linear code of the
+                 face description, then the mapping onto that code.  Why not a GAN: on 2 CPU cores a
+                 GAN does not converge in an hour, while the supervised decoder does, gives exact
+                 ground truth for every sample and covers every attribute value by construction.
 4. ``encoder``   e4e-like ``ToyEncoder`` image → W+, supervised by the true W+ of generator samples
                  and by reconstruction through the frozen generator.
 5. ``clip``      the same ``CLIP`` class (ViT, real BPE tokenizer, context 77), contrastive on renders
@@ -92,6 +92,10 @@ def judge_loss(out: dict, t: dict) -> torch.Tensor:
 #: stop every stage after this many steps *in this run* (``--stop-after``), for time-sliced training
 STOP_AFTER: int | None = None
 
+
+class Paused(Exception):
+    """A stage stopped before its last step; its checkpoint lets the same command resume."""
+
 class Stage:
     """Resumable training loop: ``state`` (models + optimiser + step + RNG) saved every ``every`` steps."""
 
@@ -140,6 +144,8 @@ class Stage:
             bar.close()
             raise
         bar.close()
+        if self.step < self.steps:
+            raise Paused(f"{self.name}: stopped at step {self.step}/{self.steps} (--stop-after); rerun to resume")
         return ema
 
 
@@ -191,37 +197,66 @@ def boundary_biased_normal(n: int, rng: np.random.Generator, p_edge: float = 0.3
 
 
 def train_generator(workdir, steps, seed, quiet, batch=None):
-    n = batch or BATCH["generator"]
+    """Two supervised steps (see the module docstring).
+
+    (a) *synthesis*: a learnable linear code ``w = v·E + b`` of the face's attribute one-hots and
+        identity parameters ``v`` is decoded by ``synthesis`` and regressed onto the render.  The
+        code is exact (no sampling ambiguity), so the decoder learns fast, and W becomes an affine
+        image of the face description: every attribute value is a direction in W.
+    (b) *mapping*: ``mapping(z)`` is regressed onto ``v(z)·E + b`` with ``v(z) = params_from_normal(z)``.
+        This needs no rendering, so it can afford many large, boundary-biased batches: the bins'
+        edges become sharp steps instead of blends.
+    """
     from ..models.stylegan2 import Generator
 
+    n = batch or BATCH["generator"]
     torch.manual_seed(seed)
     g = Generator(**GENERATOR_CONFIG)
-    mapping = [p for n, p in g.named_parameters() if n.startswith("style.")]
-    synth = [p for n, p in g.named_parameters() if not n.startswith("style.")]
-    base_lr = 2e-3
-    # EqualLinear(lr_mul=0.01) slows the mapping 100x (StyleGAN's choice for GANs); a supervised
-    # decoder wants it to learn as fast as the rest, so its stored weights get a 30x larger lr.
-    opt = torch.optim.Adam([{"params": synth, "lr": base_lr}, {"params": mapping, "lr": base_lr * 30}], betas=(0.9, 0.99))
     g.requires_grad_(True)
+    embed = torch.nn.Linear(R.VECTOR_DIM, g.w_dim)
+    torch.nn.init.normal_(embed.weight, std=0.35)
+    torch.nn.init.zeros_(embed.bias)
+    synth = [p for name, p in g.named_parameters() if not name.startswith("style.")]
+    base_lr = 8e-3
+    opt = torch.optim.Adam([{"params": synth}, {"params": embed.parameters()}], lr=base_lr, betas=(0.9, 0.99))
 
-    def step(i, rng):
-        frac = i / max(steps, 1)
-        for grp, mult in zip(opt.param_groups, (1, 30)):
-            grp["lr"] = base_lr * mult * min(1.0, 0.5 * (1 + math.cos(math.pi * frac)) + 0.05)
-        z = torch.randn(n, g.w_dim, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
-        factors = boundary_biased_normal(n, rng)
-        z[:, : R.LATENT_FACTORS] = torch.from_numpy(factors).float()
-        target = render_tensor(R.params_from_normal(factors))
-        img = g.synthesis(g.mapping(z), noise_mode="const")
-        loss = F.l1_loss(img, target) + F.mse_loss(img, target)
-        # multiscale term: colour regions right at low resolution, not only edges
-        loss = loss + F.l1_loss(F.avg_pool2d(img, 4), F.avg_pool2d(target, 4))
+    def synth_step(i, rng):
+        for grp in opt.param_groups:
+            grp["lr"] = base_lr * min(1.0, (i + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * i / max(steps, 1))))
+        faces = R.sample_params(n, seed=int(rng.integers(2**31)))
+        target = render_tensor(faces)
+        w = embed(torch.from_numpy(faces.to_vectors()))
+        img = g.synthesis(w, noise_mode="const")
+        loss = F.l1_loss(img, target) + F.mse_loss(img, target) + F.l1_loss(F.avg_pool2d(img, 4), F.avg_pool2d(target, 4))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return loss.item()
 
-    Stage("generator", workdir, steps, seed, quiet).run({"g": g}, opt, step, every=100)
+    Stage("generator", workdir, steps, seed, quiet).run({"g": g, "embed": embed}, opt, synth_step, every=100)
+    embed.requires_grad_(False)
+
+    mapping = [p for name, p in g.named_parameters() if name.startswith("style.")]
+    map_steps = max(3, steps)
+    # EqualLinear(lr_mul=0.01) scales updates of the stored weights by 0.01 (StyleGAN's choice for
+    # GANs); a regression wants normal speed, hence the 100x learning rate on the stored values.
+    map_opt = torch.optim.Adam(mapping, lr=1e-3 * 100, betas=(0.9, 0.99))
+
+    def map_step(i, rng):
+        for grp in map_opt.param_groups:
+            grp["lr"] = 1e-3 * 100 * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * i / map_steps)))
+        m = 64 if n < 16 else 512
+        z = torch.randn(m, g.w_dim, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
+        factors = boundary_biased_normal(m, rng, p_edge=0.5)
+        z[:, : R.LATENT_FACTORS] = torch.from_numpy(factors).float()
+        target = embed(torch.from_numpy(R.params_from_normal(factors).to_vectors()))
+        loss = F.mse_loss(g.mapping(z), target)
+        map_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        map_opt.step()
+        return loss.item()
+
+    Stage("mapping", workdir, map_steps, seed + 1, quiet).run({"g": g}, map_opt, map_step, every=500)
     g.requires_grad_(False)
     with torch.no_grad():
         g.latent_avg.copy_(g.mean_latent(4096, generator=torch.Generator().manual_seed(seed))[0])
@@ -364,6 +399,16 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     random.seed(a.seed)
     models, t0 = {}, time.time()
+    try:
+        _run_stages(stages, steps, batch, workdir, a, models)
+    except Paused as e:
+        print(str(e), flush=True)
+        return 0
+    print(f"done in {time.time() - t0:.0f}s", flush=True)
+    return 0
+
+
+def _run_stages(stages, steps, batch, workdir, a, models):
     for i, s in enumerate(stages):
         ts = time.time()
         seed = a.seed * 100 + i
@@ -382,8 +427,6 @@ def main(argv=None) -> int:
         print(f"[{s}] {steps[s]} steps in {time.time() - ts:.0f}s", flush=True)
         if not a.no_export:
             export({s: models[s]}, Path(a.out))
-    print(f"done in {time.time() - t0:.0f}s", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

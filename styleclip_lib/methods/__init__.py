@@ -1,0 +1,1 @@
+"""The three StyleCLIP editing methods as pipelines (one object per method)."""

@@ -1,0 +1,774 @@
+"""StyleCLIP *latent optimisation*: edit (or generate) an image by optimising its latent
+code against a CLIP text loss (Patashnik et al., 2021, sec. 4; reference
+``optimization/run_optimization.py`` and ``criteria/clip_loss.py`` of orpatashnik/StyleCLIP)::
+
+    w* = argmin_w  D_CLIP(G(w), t) + λ_L2 ‖w − w_s‖² + λ_ID (1 − ⟨R(G(w_s)), R(G(w))⟩)
+
+Adam (lr 0.1, default betas/eps) for 300 steps with a cosine lr schedule
+(:func:`lr_schedule`); ``‖w − w_s‖²`` is the plain *sum* of squares over every
+element of the latent (``((latent_code_init - latent) ** 2).sum()``).
+
+Layers of this module:
+
+* :func:`lr_schedule` / :func:`reference_lr_schedule` / :func:`kit_lr_schedule`:
+  the learning-rate schedules;
+* :func:`optimize_latent`: the optimisation loop on its own, for any image loss
+  (the conformance trajectory test plugs a surrogate loss into it);
+* :class:`LatentOptimization`: the pipeline (generator + CLIP [+ identity net]),
+  called with a prompt, returning an :class:`OptimizationResult`.
+
+Deliberate differences from the reference script (``schedule='reference'``,
+``clip_normalize=False`` and ``clip_loss_mode='reference'`` give back its exact
+arithmetic; the Adam trajectory of ``shared/conformance/stylegan2`` case (vi) is
+reproduced):
+
+* **CLIP input normalisation** (``clip_normalize=True``, default): the image is mapped
+  from [-1, 1] to [0, 1] and standardised with CLIP's mean/std — the input
+  distribution CLIP was trained on.  The reference feeds the raw [-1, 1] generator
+  output to CLIP; ``clip_normalize=False`` does that.
+* **lr schedule** (``schedule='kit'``, default): step ``i`` of ``steps`` uses
+  ``t = (i + 0.5) / steps`` and honours ``lr_rampup``.  The reference calls
+  ``get_lr(i / steps, lr)``: ``--lr_rampup`` is never passed on (the ramp-up is always
+  0.05) and, with t = 0, **the first step has lr = 0** (one wasted forward/backward).
+  The midpoint rule wastes no step at either end (t never reaches 0 nor 1).
+  ``schedule='reference'`` reproduces the script exactly (``lr_rampup`` ignored).
+* **CLIP loss** ``clip_loss_mode='cosine'`` (default) is ``1 − cos``; the reference
+  computes ``1 − exp(logit_scale)·cos / 100``, equal for OpenAI CLIP (logit scale 100);
+  ``'reference'`` reproduces the literal formula for any CLIP.
+* **Final image**: the reference returns the image of the last *forward* pass, i.e.
+  before the last Adam update; here ``images`` is rendered from the final latent.
+* **Randomness**: the random start latent and the 4096-sample mean latent (truncation
+  target, free-generation start) are drawn from a generator seeded with ``seed``
+  (recorded in the result); the reference uses the unseeded global RNG.
+* **Batches**: N > 1 latents are optimised together, each sample independently: the
+  per-sample losses are **summed** (not averaged), so every sample receives exactly
+  the gradient it would get alone, and Adam being element-wise, follows the same
+  trajectory as a run on that sample alone (up to float rounding of batched
+  convolutions).  For N = 1 the loss is the reference loss.  The ID term is the
+  per-sample ``1 − ⟨R(x̂_i), R(x_i)⟩`` summed (the reference's ``IDLoss`` averages over
+  the batch; identical for N = 1).
+* Gradients are taken with :func:`torch.autograd.grad` w.r.t. the latent only: the
+  models' parameters never accumulate ``.grad`` whatever their ``requires_grad``.
+* Interruption and resumption (callback stop, Ctrl-C, ``resume=``) and loss histories
+  are additions; nothing in them changes the arithmetic.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..latents import as_w_plus, check_prompt
+from ..losses.clip_loss import CLIPLoss
+
+__all__ = [
+    "lr_schedule",
+    "reference_lr_schedule",
+    "kit_lr_schedule",
+    "schedule_lrs",
+    "optimize_latent",
+    "OptimizationResult",
+    "LatentOptimization",
+]
+
+MODES = ("edit", "free_generation")
+SPACES = ("w+", "s")
+SCHEDULES = ("kit", "reference")
+STATE_VERSION = 1
+
+LossFn = Callable[[torch.Tensor], Union[torch.Tensor, Mapping[str, torch.Tensor]]]
+Callback = Callable[[int, dict, Optional[torch.Tensor]], Optional[bool]]
+
+
+# ----------------------------------------------------------------------------- lr schedules
+
+def lr_schedule(t: float, initial_lr: float, rampdown: float = 0.25, rampup: float = 0.05) -> float:
+    """The reference ``get_lr``: cosine ramp-down over the last ``rampdown`` fraction of
+    the run, linear ramp-up over the first ``rampup`` fraction (``t`` in [0, 1])::
+
+        lr = initial_lr · (0.5 − 0.5·cos(π·min(1, (1 − t)/rampdown))) · min(1, t/rampup)
+
+    Same floating-point operations as the reference.  ``rampdown <= 0`` / ``rampup <= 0``
+    disable the respective ramp (the reference would divide by zero).
+    """
+    t = float(t)
+    lr_ramp = min(1.0, (1.0 - t) / rampdown) if rampdown > 0 else 1.0
+    lr_ramp = 0.5 - 0.5 * math.cos(lr_ramp * math.pi)
+    lr_ramp = lr_ramp * (min(1.0, t / rampup) if rampup > 0 else 1.0)
+    return initial_lr * lr_ramp
+
+
+def reference_lr_schedule(steps: int, lr: float = 0.1, rampdown: float = 0.25) -> list[float]:
+    """The learning rates of ``run_optimization.py``: ``get_lr(i / steps, lr)`` for
+    ``i = 0 … steps−1`` — ramp-up fixed at 0.05 (the script never passes ``--lr_rampup``),
+    first step lr = 0.  ``rampdown`` is not a reference option (0.25 there)."""
+    steps = _check_steps(steps)
+    return [lr_schedule(i / steps, lr, rampdown=rampdown) for i in range(steps)]
+
+
+def kit_lr_schedule(steps: int, lr: float = 0.1, rampup: float = 0.05, rampdown: float = 0.25) -> list[float]:
+    """The kit's schedule: ``lr_schedule((i + 0.5) / steps, lr, rampdown, rampup)`` —
+    the reference curve sampled at step midpoints, so no step gets lr = 0 (the reference's
+    first step does, and ``t = 1`` would zero the last one)."""
+    steps = _check_steps(steps)
+    return [lr_schedule((i + 0.5) / steps, lr, rampdown=rampdown, rampup=rampup) for i in range(steps)]
+
+
+def schedule_lrs(steps: int, lr: float, schedule: str = "kit", lr_rampup: float = 0.05, lr_rampdown: float = 0.25) -> list[float]:
+    """Learning rate of every step for ``schedule`` ``'kit'`` or ``'reference'``."""
+    schedule = _check_choice(schedule, SCHEDULES, "schedule")
+    if schedule == "reference":
+        return reference_lr_schedule(steps, lr, rampdown=lr_rampdown)
+    return kit_lr_schedule(steps, lr, rampup=lr_rampup, rampdown=lr_rampdown)
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+def _check_steps(steps, name: str = "steps") -> int:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise ValueError(f"{name}: expected an integer >= 1, got {steps!r}")
+    if steps < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {steps}")
+    return int(steps)
+
+
+def _check_choice(value, choices: Sequence[str], name: str) -> str:
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value.lower()
+
+
+def _check_number(value, name: str, *, minimum: float = 0.0, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    value = float(value)
+    if value < minimum or (strict and value == minimum):
+        raise ValueError(f"{name}: expected a number {'>' if strict else '>='} {minimum}, got {value}")
+    return value
+
+
+def _check_every(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"save_intermediate_every: expected an integer >= 0 (0 = no frames), got {value!r}")
+    return int(value)
+
+
+def _check_space(space) -> str:
+    if isinstance(space, str) and space.lower() in ("w_plus", "wplus", "w+"):
+        return "w+"
+    if isinstance(space, str) and space.lower() in ("s", "stylespace", "style"):
+        return "s"
+    raise ValueError(f"space: expected 'w+' or 's' (StyleSpace), got {space!r}")
+
+
+def _model_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in module.parameters():
+        return p.device, p.dtype
+    for b in module.buffers():
+        return b.device, b.dtype
+    return torch.device("cpu"), torch.float32
+
+
+# ----------------------------------------------------------------------------- result
+
+def _tqdm(total: int, initial: int, disable: bool, desc: str):
+    if disable:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except Exception:  # tqdm missing or broken: no bar
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
+
+
+@dataclass
+class OptimizationResult:
+    """What :func:`optimize_latent` / :class:`LatentOptimization` return.
+
+    Attributes:
+        images: (N, 3, H, W) images of the final latent (generator range, nominally [-1, 1]).
+        source_images: (N, 3, H, W) images of the starting latent.
+        w_plus: (N, num_ws, w_dim) final W+ (``space='w+'``), else ``None``.
+        styles: list of (N, C) final StyleSpace codes, all layers in generator order
+            (``space='s'``; the ToRGB codes are the unchanged source ones), else ``None``.
+        loss_history: ``{term: [value per step]}``: the batch sums of every term, measured
+            at each step *before* its Adam update.  Terms: ``'clip'`` (or ``'image'`` for a
+            custom loss returning a bare tensor), ``'l2'`` (unweighted squared distance to
+            the start), ``'id'`` (when used) and ``'total'`` (the weighted sum optimised).
+        sample_loss_history: same layout, one list of N per-sample values per step
+            (``None`` for a step whose custom loss was a batch scalar and N > 1).
+        frames: (N, 3, H, W) CPU images saved after steps ``i`` (0-based) with
+            ``i % save_intermediate_every == 0`` (the reference's rule); ``frame_steps`` holds
+            the number of steps done at each frame.
+        steps_done: Adam steps applied to the latent in total (resumed runs included).
+        steps: length of the schedule (``steps`` argument).
+        state: everything needed to continue: pass ``resume=result.state``.
+        stopped: ``'completed'``, ``'callback'`` or ``'interrupted'`` (KeyboardInterrupt).
+        seed: seed of the random start / mean latent (pipeline), else ``None``.
+        prompt: the text prompt (pipeline), else ``None``.
+        lrs: the learning rate used at each step (whole schedule).
+    """
+
+    images: torch.Tensor
+    source_images: torch.Tensor
+    w_plus: Optional[torch.Tensor]
+    styles: Optional[list]
+    loss_history: dict
+    sample_loss_history: dict
+    frames: list = field(default_factory=list)
+    frame_steps: list = field(default_factory=list)
+    steps_done: int = 0
+    steps: int = 0
+    state: dict = field(default_factory=dict)
+    stopped: str = "completed"
+    seed: Optional[int] = None
+    prompt: Optional[str] = None
+    lrs: list = field(default_factory=list)
+    latent_history: Optional[list] = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped == "interrupted"
+
+    @property
+    def completed(self) -> bool:
+        return self.steps_done >= self.steps
+
+    def to_pil(self, which: str = "images") -> list:
+        """One PIL image per sample of ``images`` (``which='images'``) or ``source_images``."""
+        from ..imageio import to_uint8
+        from PIL import Image
+
+        if which not in ("images", "source", "source_images"):
+            raise ValueError(f"which: expected 'images' or 'source', got {which!r}")
+        x = self.images if which == "images" else self.source_images
+        return [Image.fromarray(a) for a in to_uint8(x)]
+
+    def save_gif(self, path: str | os.PathLike, sample: Optional[int] = None, duration: int = 100, loop: int = 0) -> Path:
+        """Animated GIF (pillow) of the optimisation: the source image, the saved ``frames``
+        and the final image.  ``sample=None`` tiles the batch in a grid per frame;
+        ``duration``: milliseconds per frame."""
+        from ..imageio import make_grid, to_uint8
+        from PIL import Image
+
+        seq = [self.source_images.detach().cpu()] + [f for f in self.frames]
+        if not self.frame_steps or self.frame_steps[-1] != self.steps_done:
+            seq.append(self.images.detach().cpu())
+        n = seq[0].shape[0]
+        if sample is not None and not (-n <= sample < n):
+            raise ValueError(f"sample: expected an index in [0, {n}), got {sample}")
+        pil = []
+        for x in seq:
+            arr = to_uint8(x if sample is None else x[sample:sample + 1])
+            pil.append(Image.fromarray(arr[0] if arr.shape[0] == 1 else make_grid(arr)))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pil[0].save(path, format="GIF", save_all=True, append_images=pil[1:], duration=int(duration), loop=int(loop))
+        return path
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def _terms(out, n: int) -> dict[str, torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        out = {"image": out}
+    if not isinstance(out, Mapping) or not out:
+        raise TypeError(f"image_loss_fn must return a tensor or a dict of tensors, got {type(out).__name__}")
+    terms = {}
+    for k, v in out.items():
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"image_loss_fn: term {k!r} is a {type(v).__name__}, expected a tensor")
+        if v.dim() > 1 or (v.dim() == 1 and v.shape[0] != n):
+            v = v.reshape(-1) if v.numel() == n else None
+            if v is None:
+                raise ValueError(f"image_loss_fn: term {k!r} must be a scalar or have one value per sample ({n})")
+        terms[k] = v
+    return terms
+
+
+def _values(t: torch.Tensor, n: int) -> tuple[float, Optional[list]]:
+    t = t.detach()
+    if t.dim() == 0:
+        return float(t), ([float(t)] if n == 1 else None)
+    return float(t.sum()), [float(v) for v in t.cpu()]
+
+
+def _prepare_latent(generator, latent_init, space: str, device, dtype):
+    """Source latent for ``space``: W+ (N, num_ws, w_dim), or the list of (N, C) styles."""
+    if space == "w+":
+        if isinstance(latent_init, (list, tuple)):
+            raise ValueError("latent: space='w+' needs a W+ tensor (N, num_ws, w_dim), got a list (StyleSpace codes?)")
+        return as_w_plus(latent_init, generator.num_ws, generator.w_dim, name="latent", device=device, dtype=dtype).detach()
+    if isinstance(latent_init, (list, tuple)):
+        chans = generator.style_channels
+        if len(latent_init) != len(chans):
+            raise ValueError(f"latent: expected {len(chans)} StyleSpace tensors, got {len(latent_init)}")
+        styles = []
+        for i, (s, c) in enumerate(zip(latent_init, chans)):
+            if not isinstance(s, torch.Tensor) or not s.is_floating_point():
+                raise ValueError(f"latent[{i}]: expected a float tensor")
+            s = s.reshape(s.shape[0], -1) if s.dim() in (2, 5) else (s[None] if s.dim() == 1 else s)
+            if s.dim() != 2 or s.shape[1] != c:
+                raise ValueError(f"latent[{i}]: expected StyleSpace codes of shape (N, {c}), got {tuple(s.shape)}")
+            if not torch.isfinite(s).all():
+                raise ValueError(f"latent[{i}]: contains NaN or infinite values")
+            styles.append(s.detach().to(device=device, dtype=dtype))
+        if len({s.shape[0] for s in styles}) != 1:
+            raise ValueError("latent: StyleSpace tensors have different batch sizes")
+        return styles
+    w = as_w_plus(latent_init, generator.num_ws, generator.w_dim, name="latent", device=device, dtype=dtype)
+    with torch.no_grad():
+        return [s.detach() for s in generator.styles(w)]
+
+
+def _check_state(resume, space: str) -> dict:
+    if not isinstance(resume, Mapping) or resume.get("version") != STATE_VERSION:
+        raise ValueError("resume: expected the `state` of an OptimizationResult")
+    for k in ("space", "latent", "source", "optimizer", "step"):
+        if k not in resume:
+            raise ValueError(f"resume: the state has no {k!r} entry")
+    if resume["space"] != space:
+        raise ValueError(f"resume: the state was made with space={resume['space']!r}, got space={space!r}")
+    return resume
+
+
+def optimize_latent(
+    generator: nn.Module,
+    latent_init: Any,
+    image_loss_fn: LossFn,
+    *,
+    space: str = "w+",
+    steps: int = 300,
+    lr: float = 0.1,
+    lr_rampup: float = 0.05,
+    lr_rampdown: float = 0.25,
+    l2_lambda: float = 0.008,
+    loss_weights: Optional[Mapping[str, float]] = None,
+    schedule: str = "kit",
+    save_intermediate_every: int = 0,
+    progress: bool = False,
+    callback: Optional[Callback] = None,
+    resume: Optional[Mapping] = None,
+    keep_latent_history: bool = False,
+    source_images: Optional[torch.Tensor] = None,
+    noise_mode: str = "const",
+    desc: str = "latent optimisation",
+) -> OptimizationResult:
+    """The StyleCLIP optimisation loop with any image loss.
+
+    For every step ``i`` (as ``run_optimization.py``): set Adam's lr to the schedule's
+    value, render ``images = G(latent)``, ``loss = Σ_k weight_k·term_k + l2_lambda·‖latent −
+    latent_init‖²``, Adam step.
+
+    Args:
+        generator: a :class:`~styleclip_lib.models.stylegan2.Generator` (not modified).
+        latent_init: starting W+ ``(N, num_ws, w_dim)`` (a single ``(num_ws, w_dim)`` gets a
+            batch axis); for ``space='s'`` also a list of StyleSpace codes.  ``None`` when
+            resuming.  It is also the anchor of the L2 term.
+        image_loss_fn: ``images (N, 3, H, W) -> tensor or {term: tensor}``; each tensor a
+            scalar or ``(N,)`` per-sample values (which are summed over the batch).
+        space: ``'w+'`` optimises the whole W+; ``'s'`` only the conv (non-ToRGB) StyleSpace
+            codes (the reference ``--work_in_stylespace``), ToRGB codes stay fixed.
+        steps: length of the schedule.  When resuming, the loop continues from the state's
+            step up to ``steps`` (pass the same value to finish an interrupted run).
+        lr, lr_rampup, lr_rampdown, schedule: see :func:`schedule_lrs`.
+        l2_lambda: weight of the squared L2 distance to ``latent_init`` (sum over all
+            optimised elements; in S over the conv codes).
+        loss_weights: weight per term of ``image_loss_fn`` (default 1).
+        save_intermediate_every: keep a frame after steps ``i % every == 0`` (0: none).
+        progress: tqdm bar.
+        callback: ``callback(steps_done, losses, frame_or_None)`` after every step; ``losses``
+            holds the batch sums (floats) of that step; returning ``False`` stops the run.
+        resume: ``result.state`` of an earlier (stopped) run.
+        keep_latent_history: store a CPU copy of the optimised latent after every step in
+            ``result.latent_history`` (W+ tensors, or lists of the optimised S codes).
+        source_images: the images of ``latent_init`` if already computed.
+        noise_mode: generator noise (``'const'`` = reference ``randomize_noise=False``).
+
+    A ``KeyboardInterrupt`` during the loop is caught: the partial result
+    (``stopped='interrupted'``, with a resumable ``state``) is returned instead of lost.
+    """
+    space = _check_space(space)
+    steps = _check_steps(steps)
+    lr = _check_number(lr, "lr")
+    lr_rampup = _check_number(lr_rampup, "lr_rampup")
+    lr_rampdown = _check_number(lr_rampdown, "lr_rampdown")
+    l2_lambda = _check_number(l2_lambda, "l2_lambda")
+    every = _check_every(save_intermediate_every)
+    schedule = _check_choice(schedule, SCHEDULES, "schedule")
+    weights = dict(loss_weights or {})
+    device, dtype = _model_device_dtype(generator)
+
+    if resume is not None:
+        state = _check_state(resume, space)
+        start = int(state["step"])
+        if start >= steps:
+            raise ValueError(f"steps: the resumed run has done {start} steps already; pass steps > {start} to continue")
+        source = _prepare_latent(generator, state["source"], space, device, dtype)
+        current = _prepare_latent(generator, state["latent"], space, device, dtype)
+        history = copy.deepcopy(dict(state.get("loss_history", {})))
+        sample_history = copy.deepcopy(dict(state.get("sample_loss_history", {})))
+    else:
+        if latent_init is None:
+            raise ValueError("latent: a starting latent is required (or resume=)")
+        start = 0
+        source = _prepare_latent(generator, latent_init, space, device, dtype)
+        current = source
+        history, sample_history = {}, {}
+
+    if space == "w+":
+        n = source.shape[0]
+        param = current.detach().clone().requires_grad_(True)
+        params = [param]
+        fixed = None
+        conv_idx = None
+    else:
+        n = source[0].shape[0]
+        conv_idx = list(generator.conv_style_indices)
+        fixed = [s.detach().clone() for s in current]
+        params = [fixed[i].clone().requires_grad_(True) for i in conv_idx]
+    src_opt = [source] if space == "w+" else [source[i] for i in conv_idx]
+
+    def render(ps) -> torch.Tensor:
+        if space == "w+":
+            return generator.synthesis(ps[0], noise_mode=noise_mode)
+        styles = list(fixed)
+        for i, p in zip(conv_idx, ps):
+            styles[i] = p
+        return generator.synthesis_from_styles(styles, noise_mode=noise_mode)
+
+    if source_images is None:
+        with torch.no_grad():
+            source_images = generator.synthesis(source, noise_mode=noise_mode) if space == "w+" else \
+                generator.synthesis_from_styles(source, noise_mode=noise_mode)
+    source_images = source_images.detach()
+
+    optimizer = torch.optim.Adam(params, lr=lr)
+    if resume is not None:
+        optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+    lrs = schedule_lrs(steps, lr, schedule, lr_rampup, lr_rampdown)
+
+    frames: list = []
+    frame_steps: list = []
+    latent_history: Optional[list] = [] if keep_latent_history else None
+    done = start
+    stopped = "completed"
+    bar = _tqdm(steps, start, not progress, desc)
+
+    def record(name: str, value: torch.Tensor) -> float:
+        total, per = _values(value, n)
+        history.setdefault(name, []).append(total)
+        sample_history.setdefault(name, []).append(per)
+        return total
+
+    try:
+        for i in range(start, steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lrs[i]
+            images = render(params)
+            terms = _terms(image_loss_fn(images), n)
+            l2 = sum(((s - p) ** 2).flatten(1).sum(1) for s, p in zip(src_opt, params))
+            total = l2_lambda * l2.sum()
+            per_total = l2_lambda * l2.detach()
+            per_ok = True
+            for k, v in terms.items():
+                w = float(weights.get(k, 1.0))
+                total = total + w * v.sum()
+                if v.dim() == 1:
+                    per_total = per_total + w * v.detach()
+                else:
+                    per_ok = per_ok and n == 1
+                    per_total = per_total + w * v.detach()
+            grads = torch.autograd.grad(total, params)
+            for p, g in zip(params, grads):
+                p.grad = g
+            optimizer.step()
+            done = i + 1
+
+            losses = {k: record(k, v) for k, v in terms.items()}
+            losses["l2"] = record("l2", l2)
+            losses["total"] = float(total.detach())
+            history.setdefault("total", []).append(losses["total"])
+            sample_history.setdefault("total", []).append([float(v) for v in per_total.cpu()] if per_ok else None)
+            if latent_history is not None:
+                latent_history.append(params[0].detach().cpu().clone() if space == "w+"
+                                      else [p.detach().cpu().clone() for p in params])
+            frame = None
+            if every and i % every == 0:
+                with torch.no_grad():
+                    frame = render(params).detach().cpu()
+                frames.append(frame)
+                frame_steps.append(done)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses['total']:.4f}")
+            if callback is not None and callback(done, losses, frame) is False:
+                stopped = "callback"
+                break
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    finally:
+        if bar is not None:
+            bar.close()
+
+    # Histories must match the steps actually applied (an interrupt may land mid-record).
+    for d in (history, sample_history):
+        for k in list(d):
+            del d[k][done:]
+    with torch.no_grad():
+        images = render(params).detach()
+    if space == "w+":
+        final = params[0].detach().clone()
+        final_styles = None
+    else:
+        final_styles = list(fixed)
+        for i, p in zip(conv_idx, params):
+            final_styles[i] = p.detach().clone()
+        final = final_styles
+    opt_state = copy.deepcopy(optimizer.state_dict())
+    state = {
+        "version": STATE_VERSION,
+        "space": space,
+        "latent": final if space == "w+" else [s.clone() for s in final_styles],
+        "source": source.clone() if space == "w+" else [s.clone() for s in source],
+        "optimizer": opt_state,
+        "step": done,
+        "steps": steps,
+        "schedule": schedule,
+        "lr": lr,
+        "lr_rampup": lr_rampup,
+        "lr_rampdown": lr_rampdown,
+        "l2_lambda": l2_lambda,
+        "loss_history": copy.deepcopy(history),
+        "sample_loss_history": copy.deepcopy(sample_history),
+    }
+    return OptimizationResult(
+        images=images,
+        source_images=source_images,
+        w_plus=final if space == "w+" else None,
+        styles=final_styles,
+        loss_history=history,
+        sample_loss_history=sample_history,
+        frames=frames,
+        frame_steps=frame_steps,
+        steps_done=done,
+        steps=steps,
+        state=state,
+        stopped=stopped,
+        lrs=lrs,
+        latent_history=latent_history,
+    )
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+def _identity_embedder(identity_model):
+    """The embedding network of an identity model or of an ``IDLoss`` wrapping one."""
+    from ..losses.id_loss import IDLoss
+
+    if isinstance(identity_model, IDLoss):
+        return identity_model.model
+    return identity_model
+
+
+class LatentOptimization:
+    """StyleCLIP latent optimisation as a pipeline: ``LatentOptimization(G, clip)(prompt, w)``.
+
+    Args:
+        generator: StyleGAN2 :class:`~styleclip_lib.models.stylegan2.Generator`.
+        clip_model: a :class:`~styleclip_lib.models.clip.CLIP` (e.g. ``load_clip('ViT-B/32')``).
+        identity_model: optional network mapping images (N, 3, H, W) in [-1, 1] to unit
+            identity embeddings (``load_arcface(...)``) or an
+            :class:`~styleclip_lib.losses.id_loss.IDLoss`; required for ``id_lambda > 0``.
+        clip_loss_mode: ``'cosine'`` (``1 − cos``, default) or ``'reference'``
+            (``1 − exp(logit_scale)·cos/100``); equal for OpenAI CLIP.
+        clip_normalize: ``True`` (default): map the image to CLIP's mean/std input
+            distribution; ``False``: feed the raw [-1, 1] image as the reference does.
+        device: where to run; ``None`` keeps the generator's device (the other models are
+            moved there).  A given device moves all models (``Module.to``, in place).
+
+    The models are used as they are (eval mode is the caller's business; ``load_*``
+    return eval models); no parameter of theirs receives gradients.
+    """
+
+    def __init__(self, generator: nn.Module, clip_model: nn.Module, identity_model: Optional[nn.Module] = None, *,
+                 clip_loss_mode: str = "cosine", clip_normalize: bool = True, device=None):
+        if device is not None:
+            from ..device import resolve_device
+
+            device = resolve_device(device)
+            generator = generator.to(device)
+        else:
+            device = _model_device_dtype(generator)[0]
+        self.device = device
+        self.generator = generator
+        self.clip_model = clip_model.to(device)
+        self.identity_model = identity_model.to(device) if isinstance(identity_model, nn.Module) else identity_model
+        self.clip_loss = CLIPLoss(self.clip_model, mode=_check_choice(clip_loss_mode, ("cosine", "reference"), "clip_loss_mode"),
+                                  normalize=bool(clip_normalize))
+
+    # ---- starting latents
+    def mean_latent(self, n: int = 4096, seed: Optional[int] = None) -> torch.Tensor:
+        """(1, w_dim) mean of ``mapping(z)`` over ``n`` z drawn from a generator seeded with ``seed``."""
+        g = self.generator
+        device, dtype = _model_device_dtype(g)
+        rng = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        z = torch.randn(n, g.w_dim, generator=rng)
+        with torch.no_grad():
+            return g.mapping(z.to(device=device, dtype=dtype)).mean(0, keepdim=True)
+
+    def initial_latent(self, mode: str = "edit", *, seed: int = 0, truncation: float = 0.7, num_images: int = 1) -> torch.Tensor:
+        """The reference's starting W+ without ``--latent_path``: ``mean_latent(4096)``, then
+        ``edit``: z ~ N(0, I) mapped with truncation ``truncation`` toward it, broadcast to
+        every row; ``free_generation``: the mean latent repeated.  Seeded, (N, num_ws, w_dim)."""
+        mode = _check_choice(mode, MODES, "mode")
+        g = self.generator
+        device, dtype = _model_device_dtype(g)
+        rng = torch.Generator().manual_seed(int(seed))
+        mean_z = torch.randn(4096, g.w_dim, generator=rng)
+        with torch.no_grad():
+            mean = g.mapping(mean_z.to(device=device, dtype=dtype)).mean(0, keepdim=True)
+            if mode == "free_generation":
+                return mean[:, None, :].repeat(num_images, g.num_ws, 1)
+            z = torch.randn(num_images, g.w_dim, generator=rng).to(device=device, dtype=dtype)
+            w = g.mapping(z, truncation=truncation, truncation_latent=mean)
+            return w[:, None, :].repeat(1, g.num_ws, 1)
+
+    # ---- the call
+    def __call__(
+        self,
+        prompt: str,
+        latent: Optional[Any] = None,
+        *,
+        mode: str = "edit",
+        space: str = "w+",
+        steps: int = 300,
+        lr: float = 0.1,
+        lr_rampup: float = 0.05,
+        lr_rampdown: float = 0.25,
+        l2_lambda: float = 0.008,
+        id_lambda: float = 0.0,
+        truncation: float = 0.7,
+        seed: Optional[int] = None,
+        num_images: int = 1,
+        schedule: str = "kit",
+        save_intermediate_every: int = 0,
+        progress: bool = True,
+        callback: Optional[Callback] = None,
+        resume: Optional[Mapping] = None,
+    ) -> OptimizationResult:
+        """Optimise a latent so that its image matches ``prompt``.
+
+        Args:
+            prompt: the text, e.g. ``'a person with purple hair'``.
+            latent: starting W+ ``(N, num_ws, w_dim)``; a single ``(num_ws, w_dim)`` latent
+                (e.g. an e4e inversion ``(18, 512)``) gets a batch axis.  Anything else is
+                refused.  For ``space='s'`` a list of StyleSpace codes is accepted too.
+                ``None``: the reference start (see :meth:`initial_latent`), from ``seed``.
+            mode: ``'edit'``: loss = CLIP + l2_lambda·‖w − w_src‖² + id_lambda·ID.
+                ``'free_generation'``: loss = CLIP only (``l2_lambda``/``id_lambda`` unused);
+                without ``latent`` the start is the mean latent.
+            space: ``'w+'`` or ``'s'`` (optimise the conv StyleSpace codes only; ToRGB fixed).
+            steps: Adam steps (the schedule length; see ``resume``).  Reference default 300.
+            lr, lr_rampup, lr_rampdown: peak lr and ramp fractions of :func:`lr_schedule`.
+            l2_lambda: L2 weight (reference 0.008; the notebook also uses 0.005 for ID).
+            id_lambda: identity-loss weight (reference 0; needs ``identity_model``).
+            truncation: ψ for the random start latent (reference 0.7; unused with ``latent``).
+            seed: seed of the random start and of the mean latent; ``None`` draws one from
+                torch's global RNG (recorded in ``result.seed``).
+            num_images: batch size of the random start (ignored with ``latent``).
+            schedule: ``'kit'`` (midpoint cosine schedule, honours ``lr_rampup``) or
+                ``'reference'`` (``get_lr(i/steps, lr)`` exactly: first step lr = 0,
+                ``lr_rampup`` ignored).
+            save_intermediate_every: keep a frame every this many steps (0: none) for
+                :meth:`OptimizationResult.save_gif`.
+            progress: tqdm progress bar.
+            callback: ``callback(steps_done, losses, frame_or_None)`` after each step;
+                returning ``False`` stops early (partial result, ``stopped='callback'``).
+            resume: ``result.state`` of a stopped run; continues from its step up to
+                ``steps`` with the same latent, anchor and Adam moments (pass the original
+                ``steps`` to finish the original schedule; a larger value extends it).
+
+        Returns:
+            :class:`OptimizationResult`.  Ctrl-C (``KeyboardInterrupt``) during the loop
+            returns the partial result (``stopped='interrupted'``) with a resumable state.
+
+        Batches are optimised jointly with summed per-sample losses, i.e. each sample as if
+        alone; per-sample curves are in ``result.sample_loss_history``.
+        """
+        text = check_prompt(prompt)
+        mode = _check_choice(mode, MODES, "mode")
+        space = _check_space(space)
+        steps = _check_steps(steps)
+        _check_choice(schedule, SCHEDULES, "schedule")
+        _check_number(lr, "lr")
+        _check_number(lr_rampup, "lr_rampup")
+        _check_number(lr_rampdown, "lr_rampdown")
+        l2_lambda = _check_number(l2_lambda, "l2_lambda")
+        id_lambda = _check_number(id_lambda, "id_lambda")
+        truncation = _check_number(truncation, "truncation")
+        _check_every(save_intermediate_every)
+        if id_lambda > 0 and mode == "edit" and self.identity_model is None:
+            raise ValueError("id_lambda: > 0 needs an identity model; pass identity_model= (e.g. load_arcface(...)) "
+                             "to LatentOptimization or set id_lambda=0")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise ValueError(f"seed: expected an integer or None, got {seed!r}")
+        num_images = _check_steps(num_images, "num_images")
+        if mode == "free_generation":
+            l2_lambda, id_lambda = 0.0, 0.0
+
+        g = self.generator
+        device, dtype = _model_device_dtype(g)
+        if resume is not None:
+            if latent is not None:
+                raise ValueError("latent: pass either latent or resume=, not both (the state holds the latent)")
+            state = _check_state(resume, space)
+            if state.get("mode", mode) != mode:
+                raise ValueError(f"resume: the state was made with mode={state['mode']!r}, got mode={mode!r}")
+            seed = state.get("seed", seed)
+            start = None
+            source = _prepare_latent(g, state["source"], space, device, dtype)
+        else:
+            if latent is None:
+                if seed is None:
+                    seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
+                latent = self.initial_latent(mode, seed=seed, truncation=truncation, num_images=num_images)
+            start = _prepare_latent(g, latent, space, device, dtype)
+            source = start
+        with torch.no_grad():
+            source_images = g.synthesis(source, noise_mode="const") if space == "w+" else \
+                g.synthesis_from_styles(source, noise_mode="const")
+
+        text_features = self.clip_loss.encode_prompt(text)
+        embed = None
+        src_feats = None
+        if id_lambda > 0:
+            embed = _identity_embedder(self.identity_model)
+            with torch.no_grad():
+                src_feats = embed(source_images).detach()
+
+        def loss_fn(images: torch.Tensor) -> dict:
+            terms = {"clip": self.clip_loss(images, text_features)}
+            if embed is not None:
+                terms["id"] = 1.0 - (embed(images) * src_feats).sum(dim=1)
+            return terms
+
+        result = optimize_latent(
+            g, start, loss_fn, space=space, steps=steps, lr=lr, lr_rampup=lr_rampup, lr_rampdown=lr_rampdown,
+            l2_lambda=l2_lambda, loss_weights={"clip": 1.0, "id": id_lambda}, schedule=schedule,
+            save_intermediate_every=save_intermediate_every, progress=progress, callback=callback, resume=resume,
+            source_images=source_images, desc=f"StyleCLIP {text[:30]!r}",
+        )
+        result.state["mode"] = mode
+        result.state["seed"] = seed
+        result.state["prompt"] = text
+        result.seed = seed
+        result.prompt = text
+        return result

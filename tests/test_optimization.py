@@ -1,0 +1,260 @@
+"""StyleCLIP latent optimisation: conformance goldens (shared/conformance/stylegan2 case (vi))
+and behaviour of the pipeline on the small generator + small random-weight ViT CLIP."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import assert_close_ref, conformance_path, load_conformance
+from styleclip_lib.losses.clip_loss import CLIPLoss, styleclip_clip_input
+from styleclip_lib.methods.optimization import (
+    LatentOptimization,
+    OptimizationResult,
+    kit_lr_schedule,
+    lr_schedule,
+    optimize_latent,
+    reference_lr_schedule,
+    schedule_lrs,
+)
+from styleclip_lib.models.clip import load_clip
+from styleclip_lib.models.stylegan2 import load_generator
+
+PROMPT = "a person with purple hair"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one intra-op thread is faster than two, and far faster when
+    the cores are shared with other jobs (OpenMP threads then wait on each other)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return load_conformance("stylegan2/cases.pt")
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return load_generator(conformance_path("stylegan2/generator_ckpt.pt"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def clip_model():
+    return load_clip(conformance_path("clip/vit_state_dict.pt"), device="cpu")
+
+
+class TinyIdentity(nn.Module):
+    """Stand-in identity net: fixed random conv, pooled, unit embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 4, stride=4)
+        with torch.no_grad():
+            rng = torch.Generator().manual_seed(7)
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=rng) * 0.2)
+            self.conv.bias.zero_()
+        self.requires_grad_(False)
+
+    def forward(self, x):
+        return F.normalize(F.adaptive_avg_pool2d(F.leaky_relu(self.conv(x), 0.2), 2).flatten(1), dim=1)
+
+
+@pytest.fixture(scope="module")
+def pipe(gen, clip_model):
+    return LatentOptimization(gen, clip_model, TinyIdentity())
+
+
+@pytest.fixture(scope="module")
+def w_start(pipe):
+    return pipe.initial_latent("edit", seed=3)
+
+
+# ----------------------------------------------------------------------------- goldens
+@pytest.mark.parametrize("steps", [300, 40])
+def test_lr_schedule_golden(cases, steps):
+    golden = cases[f"out.optim.lr_schedule_{steps}"]
+    ours = torch.tensor(reference_lr_schedule(steps, 0.1), dtype=torch.float64)
+    assert ours.shape == golden.shape
+    torch.testing.assert_close(ours, golden, rtol=0, atol=1e-8)
+    assert ours[0] == 0.0  # the reference's wasted first step
+    assert lr_schedule(0.5, 0.1) == 0.1
+
+
+def test_kit_schedule():
+    kit = kit_lr_schedule(300, 0.1)
+    assert len(kit) == 300 and min(kit) > 0 and max(kit) <= 0.1
+    assert kit[100] == 0.1
+    # kit honours lr_rampup, reference ignores it (as run_optimization.py)
+    assert kit_lr_schedule(100, 0.1, rampup=0.2)[5] < kit[5 * 3]
+    assert schedule_lrs(40, 0.1, "reference", lr_rampup=0.5) == reference_lr_schedule(40, 0.1)
+    assert kit_lr_schedule(1, 0.1) == [0.1]
+
+
+def test_clip_input_golden(cases):
+    x = styleclip_clip_input(cases["out.wplus.image"][:1], 224)
+    assert_close_ref(x, cases["out.optim.clip_input"], what="clip_input")
+
+
+def test_adam_trajectory_golden(cases, gen):
+    R = cases["in.grad.R"]
+    res = optimize_latent(gen, cases["in.wplus.latent"], lambda img: (img * R).mean(), steps=5, lr=0.1,
+                          l2_lambda=0.008, schedule="reference", keep_latent_history=True)
+    assert_close_ref(torch.stack(res.latent_history), cases["out.optim.traj_latents"], what="traj_latents")
+    assert_close_ref(torch.tensor(res.loss_history["total"]), cases["out.optim.traj_losses"], what="traj_losses")
+    assert res.loss_history["l2"][0] == 0.0
+    assert torch.equal(res.latent_history[0], cases["in.wplus.latent"])  # lr 0 at step 0
+    assert res.steps_done == 5 and res.stopped == "completed"
+
+
+# ----------------------------------------------------------------------------- pipeline behaviour
+def test_edit_wplus_lowers_clip_loss(pipe, gen, clip_model, w_start):
+    res = pipe(PROMPT, w_start, steps=15, progress=False)
+    assert isinstance(res, OptimizationResult)
+    h = res.loss_history
+    assert set(h) == {"clip", "l2", "total"} and all(len(v) == 15 for v in h.values())
+    assert h["clip"][-1] < h["clip"][0] - 1e-3
+    assert h["l2"][0] == 0.0 and h["l2"][-1] > 0
+    assert h["total"][3] == pytest.approx(h["clip"][3] + 0.008 * h["l2"][3], rel=1e-5)
+    assert res.w_plus.shape == w_start.shape and res.styles is None
+    assert torch.allclose(res.source_images, gen.synthesis(w_start))
+    assert torch.allclose(res.images, gen.synthesis(res.w_plus))
+    assert res.images.shape == (1, 3, 32, 32) and res.steps_done == 15
+    # no model parameter received gradients
+    assert all(p.grad is None for p in list(gen.parameters()) + list(clip_model.parameters()))
+
+
+def test_edit_stylespace(pipe, gen, w_start):
+    res = pipe(PROMPT, w_start, space="s", steps=15, progress=False)
+    assert res.w_plus is None and len(res.styles) == len(gen.style_channels)
+    src = gen.styles(w_start)
+    conv = set(gen.conv_style_indices)
+    for i, (s0, s1) in enumerate(zip(src, res.styles)):
+        if i in conv:
+            assert not torch.allclose(s0, s1), f"conv style {i} unchanged"
+        else:
+            assert torch.equal(s0, s1), f"ToRGB style {i} changed"
+    h = res.loss_history
+    assert h["clip"][-1] < h["clip"][0] - 1e-3 and h["l2"][0] == 0.0
+    assert torch.allclose(res.images, gen.synthesis_from_styles(res.styles))
+
+
+def test_free_generation(pipe, gen):
+    res = pipe(PROMPT, mode="free_generation", seed=1, steps=6, progress=False)
+    start = pipe.initial_latent("free_generation", seed=1)
+    assert torch.equal(start[0, 0], start[0, -1])  # mean latent repeated
+    assert torch.allclose(res.source_images, gen.synthesis(start))
+    h = res.loss_history
+    assert h["total"] == pytest.approx(h["clip"], rel=1e-6)  # CLIP only
+    assert res.seed == 1 and res.prompt == PROMPT
+
+
+def test_random_start_seeded(pipe):
+    a = pipe(PROMPT, seed=5, steps=2, progress=False)
+    b = pipe(PROMPT, seed=5, steps=2, progress=False)
+    assert torch.equal(a.w_plus, b.w_plus)
+    w = pipe.initial_latent("edit", seed=5)
+    assert torch.equal(w[:, 0], w[:, -1])  # one truncated W broadcast to every row
+
+
+def test_id_loss_term(pipe, w_start):
+    res = pipe(PROMPT, w_start, id_lambda=0.5, steps=4, progress=False)
+    h = res.loss_history
+    assert "id" in h and len(h["id"]) == 4
+    assert abs(h["id"][0]) < 1e-5  # same image at step 0
+    assert h["id"][-1] > 0
+    assert h["total"][-1] == pytest.approx(h["clip"][-1] + 0.008 * h["l2"][-1] + 0.5 * h["id"][-1], rel=1e-5)
+
+
+def test_reference_modes(gen, clip_model, w_start):
+    ref = LatentOptimization(gen, clip_model, clip_loss_mode="reference", clip_normalize=False)
+    res = ref(PROMPT, w_start, steps=1, schedule="reference", progress=False)
+    loss = CLIPLoss(clip_model, mode="reference", normalize=False)(gen.synthesis(w_start), PROMPT)
+    assert res.loss_history["clip"][0] == pytest.approx(loss.item(), rel=1e-5)
+    assert torch.equal(res.w_plus, w_start)  # reference schedule: first step has lr 0
+
+
+def test_frames_and_gif(pipe, w_start, tmp_path):
+    res = pipe(PROMPT, w_start, steps=5, save_intermediate_every=2, progress=False)
+    assert len(res.frames) == 3 and res.frame_steps == [1, 3, 5]
+    assert res.frames[0].shape == (1, 3, 32, 32)
+    assert torch.allclose(res.frames[-1], res.images)
+    from PIL import Image
+
+    path = res.save_gif(tmp_path / "opt.gif")
+    with Image.open(path) as im:
+        assert im.n_frames >= 3
+    pil = res.to_pil()
+    assert len(pil) == 1 and pil[0].size == (32, 32)
+
+
+def test_resume_equals_uninterrupted(pipe, w_start):
+    full = pipe(PROMPT, w_start, steps=6, progress=False)
+    part = pipe(PROMPT, w_start, steps=6, progress=False, callback=lambda step, losses, img: step < 3)
+    assert part.stopped == "callback" and part.steps_done == 3 and len(part.loss_history["clip"]) == 3
+    rest = pipe(PROMPT, steps=6, progress=False, resume=part.state)
+    assert rest.steps_done == 6 and rest.stopped == "completed"
+    torch.testing.assert_close(rest.w_plus, full.w_plus, rtol=0, atol=1e-6)
+    assert rest.loss_history["total"] == pytest.approx(full.loss_history["total"], abs=1e-6)
+    # a finished run cannot be resumed with the same length
+    with pytest.raises(ValueError, match="steps"):
+        pipe(PROMPT, steps=6, progress=False, resume=rest.state)
+
+
+def test_keyboard_interrupt_returns_partial_state(pipe, w_start):
+    full = pipe(PROMPT, w_start, space="s", steps=4, progress=False)
+
+    def interrupt(step, losses, img):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    part = pipe(PROMPT, w_start, space="s", steps=4, progress=False, callback=interrupt)
+    assert part.interrupted and part.steps_done == 2 and len(part.loss_history["total"]) == 2
+    rest = pipe(PROMPT, space="s", steps=4, progress=False, resume=part.state)
+    for a, b in zip(rest.styles, full.styles):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_batch_independent_samples(pipe, gen):
+    w = torch.cat([pipe.initial_latent("edit", seed=11), pipe.initial_latent("edit", seed=12)])
+    both = pipe(PROMPT, w, steps=4, progress=False)
+    one = pipe(PROMPT, w[1:], steps=4, progress=False)
+    assert both.images.shape[0] == 2
+    torch.testing.assert_close(both.w_plus[1:], one.w_plus, rtol=0, atol=1e-4)
+    per = both.sample_loss_history["clip"]
+    assert len(per) == 4 and len(per[0]) == 2
+    assert sum(per[-1]) == pytest.approx(both.loss_history["clip"][-1], rel=1e-5)
+    assert per[-1][1] == pytest.approx(one.loss_history["clip"][-1], abs=1e-4)
+
+
+def test_single_latent_gets_batch_axis(pipe, gen, w_start):
+    res = pipe(PROMPT, w_start[0], steps=1, progress=False)
+    assert res.w_plus.shape == (1, gen.num_ws, gen.w_dim) and res.images.shape[0] == 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(prompt="   "), "prompt"),
+    (dict(latent="bad_shape"), "latent"),
+    (dict(latent="w_only"), "latent"),
+    (dict(latent="nan"), "NaN"),
+    (dict(steps=0), "steps"),
+    (dict(steps=2.5), "steps"),
+    (dict(mode="invert"), "mode"),
+    (dict(space="z"), "space"),
+    (dict(schedule="linear"), "schedule"),
+    (dict(id_lambda=0.1, no_id=True), "id_lambda"),
+    (dict(lr=-1.0), "lr"),
+])
+def test_errors(gen, clip_model, pipe, w_start, kwargs, match):
+    kwargs = dict(kwargs)
+    p = LatentOptimization(gen, clip_model) if kwargs.pop("no_id", False) else pipe
+    prompt = kwargs.pop("prompt", PROMPT)
+    latent = {"bad_shape": torch.zeros(gen.num_ws + 1, gen.w_dim), "w_only": torch.zeros(2, gen.w_dim),
+              "nan": w_start.clone().fill_(float("nan"))}.get(kwargs.pop("latent", None), w_start)
+    with pytest.raises(ValueError, match=match):
+        p(prompt, latent, steps=kwargs.pop("steps", 1), progress=False, **kwargs)
