@@ -27,13 +27,6 @@ from styleclip_lib.models.e4e import (
 SMALL = dict(channels=(16, 32, 48, 64), units=(1, 2, 2, 1), style_dim=24)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convs run faster on one intra-op thread, and far faster on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def manifest():

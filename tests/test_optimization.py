@@ -24,15 +24,6 @@ from styleclip_lib.models.stylegan2 import load_generator
 PROMPT = "a person with purple hair"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is faster than two, and far faster when
-    the cores are shared with other jobs (OpenMP threads then wait on each other)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def cases():

@@ -29,7 +29,8 @@ def __getattr__(name: str):
 
 #: registry kind (as the loaders ask for it) -> file in ``toy/weights``
 _WEIGHT_FILES = {"generator": "generator.pt", "clip": "clip.pt", "judge": "judge.pt",
-                 "arcface": "identity.pt", "identity": "identity.pt", "e4e": "encoder.pt", "encoder": "encoder.pt"}
+                 "arcface": "identity.pt", "identity": "identity.pt", "e4e": "encoder.pt", "encoder": "encoder.pt",
+                 "fs3": "fs3.npy", "style-stats": "style_stats.pt"}
 
 
 def weights_path(name: str = "toy", kind: str | None = None):
