@@ -18,6 +18,14 @@ _LAZY = {
     "load_e4e": "styleclip_lib.models.e4e",
     "load_mapper": "styleclip_lib.models.mapper",
     "CheckpointError": "styleclip_lib.checkpoint",
+    "load_models": "styleclip_lib.worlds",
+    "LatentOptimization": "styleclip_lib.methods.optimization",
+    "MapperTrainer": "styleclip_lib.methods.mapper",
+    "LatentMapperEdit": "styleclip_lib.methods.mapper",
+    "GlobalDirections": "styleclip_lib.global_directions",
+    "align_face": "styleclip_lib.align",
+    "load_image": "styleclip_lib.photo_io",
+    "edit_photo": "styleclip_lib.photo",
 }
 
 __all__ = sorted(_LAZY) + ["pretrained", "__version__"]
@@ -28,7 +36,7 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
-    if name in {"pretrained", "models", "toy", "losses", "global_directions", "methods"}:
+    if name in {"pretrained", "models", "toy", "losses", "global_directions", "methods", "align", "invert", "photo", "worlds"}:
         return importlib.import_module(f"styleclip_lib.{name}")
     raise AttributeError(f"module 'styleclip_lib' has no attribute {name!r}")
 

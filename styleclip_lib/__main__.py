@@ -3,7 +3,8 @@
 Commands
   fetch NAME... / list / path NAME / info NAME / verify NAME
                                      pretrained weights (registry, cache, checksums)
-  generate                           sample faces from a generator checkpoint
+  generate                           sample faces from a generator (default: the toy world)
+  edit                               edit a latent with a text: --method optimize | mapper | global
 """
 from __future__ import annotations
 
@@ -21,13 +22,15 @@ def _generate(argv: list[str]) -> int:
     ap.add_argument("--checkpoint", default="toy", help="checkpoint path or registry name (default: the toy world)")
     ap.add_argument("--n", type=int, default=8, help="number of samples")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--truncation", type=float, default=0.7)
+    ap.add_argument("--truncation", type=float, default=None, help="default: 1.0 for the toy world, else 0.7")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="samples.png")
     a = ap.parse_args(argv)
     if a.n < 1:
         ap.error("--n must be >= 1")
     g = load_generator(a.checkpoint, device=a.device)
+    if a.truncation is None:
+        a.truncation = 1.0 if a.checkpoint == "toy" else 0.7
     dev = g.latent_avg.device
     z = torch.randn(a.n, g.w_dim, generator=torch.Generator().manual_seed(a.seed)).to(dev)
     with torch.no_grad():
@@ -37,8 +40,63 @@ def _generate(argv: list[str]) -> int:
     return 0
 
 
+def _edit(argv: list[str]) -> int:
+    import torch
+
+    from .imageio import save_image
+    from .latents import check_prompt, load_latents
+    from .worlds import load_models
+
+    ap = argparse.ArgumentParser(prog="python -m styleclip_lib edit", description="Edit a face latent with a text prompt.")
+    ap.add_argument("--method", choices=["optimize", "mapper", "global"], required=True)
+    ap.add_argument("--prompt", required=True, help="target text, e.g. 'purple hair'")
+    ap.add_argument("--neutral", default=None, help="global directions: the neutral text (default: 'a face')")
+    ap.add_argument("--alpha", type=float, default=4.1, help="global directions: strength")
+    ap.add_argument("--beta", type=float, default=0.15, help="global directions: disentanglement threshold")
+    ap.add_argument("--steps", type=int, default=None, help="optimisation steps (default 300) / mapper training steps")
+    ap.add_argument("--l2-lambda", type=float, default=0.008)
+    ap.add_argument("--id-lambda", type=float, default=0.0)
+    ap.add_argument("--mapper", default=None, help="mapper checkpoint or registry name (method mapper)")
+    ap.add_argument("--strength", type=float, default=0.1, help="mapper: w + strength*M(w)")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--latent", default=None, help="W+ latents file (.pt / .npy)")
+    src.add_argument("--seed", type=int, default=0, help="random source face (truncation 0.7)")
+    ap.add_argument("--model", default="toy", choices=["toy", "ffhq"])
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--out", default="edit.png")
+    a = ap.parse_args(argv)
+    prompt = check_prompt(a.prompt)
+    models = load_models(a.model, a.device)
+    g = models.generator
+    if a.latent:
+        w = load_latents(a.latent, g.num_ws, g.w_dim).to(models.device)
+    else:
+        w = models.sample_w_plus(1, a.seed)
+    if a.method == "optimize":
+        res = models.optimizer(with_identity=a.id_lambda > 0)(prompt, w, steps=a.steps or 300, l2_lambda=a.l2_lambda,
+                                                              id_lambda=a.id_lambda)
+        source, edited = res.source_images, res.images
+    elif a.method == "global":
+        res = models.global_directions()(w, prompt, a.neutral or "a face", alpha=a.alpha, beta=a.beta)
+        with torch.no_grad():
+            source = g.synthesis(w)
+        edited = res.images
+        print(f"{res.num_channels} channels manipulated (beta={res.beta})")
+    else:
+        from .methods.mapper import LatentMapperEdit
+
+        if not a.mapper:
+            ap.error("--mapper is required with --method mapper (a checkpoint path or a registry name such as mapper-purple_hair)")
+        res = LatentMapperEdit.from_pretrained(g, a.mapper)(w, strength=a.strength)
+        source, edited = res.source_images, res.images
+    path = save_image(torch.cat([source, edited.reshape(-1, *source.shape[1:])]), a.out, nrow=source.shape[0])
+    print(f"wrote source (top) and edited (bottom) faces to {path}")
+    return 0
+
+
 COMMANDS = {
     "generate": _generate,
+    "edit": _edit,
 }
 PRETRAINED = {"fetch", "list", "path", "info", "verify"}
 

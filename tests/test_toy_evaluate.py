@@ -1,13 +1,10 @@
 """The evaluator computes its figures from the models it is given (tiny weights, loose sanity checks)."""
-import json
-
 import pytest
 import torch
 
 from styleclip_lib.toy import evaluate as E
 from styleclip_lib.toy import render as R
 from styleclip_lib.toy import weights_path
-from styleclip_lib.toy.train import WEIGHTS_DIR
 
 
 class PerfectJudge(torch.nn.Module):
@@ -31,18 +28,6 @@ def test_judge_metrics_are_computed_not_assumed():
     wrong = R.sample_params(40, seed=8)  # a judge that answers for other faces
     res = E.evaluate_judge(PerfectJudge(wrong), 40, seed=7)
     assert res["accuracy"]["all_attributes"] < 0.2
-
-
-@pytest.mark.skipif(not (WEIGHTS_DIR / "judge.pt").exists(), reason="toy weights not trained in this checkout")
-def test_shipped_world_meets_loose_floors():
-    report = E.evaluate(WEIGHTS_DIR, n=120, seed=1)
-    acc = report["judge"]["accuracy"]
-    assert min(v for k, v in acc.items() if k != "all_attributes") > 0.9
-    if "generator" in report:
-        assert report["generator"]["confident_all_attributes"] > 0.5
-    if "clip" in report:
-        assert report["clip"]["image_to_text_mean"] > 0.6
-    json.dumps(report)
 
 
 def test_weights_path_errors():

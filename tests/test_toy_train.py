@@ -9,7 +9,7 @@ from styleclip_lib.toy.nets import load_net
 def test_tiny_training_exports_loadable_models(tmp_path):
     out, work = tmp_path / "weights", tmp_path / "work"
     rc = train.main(["--tiny", "--quiet", "--workdir", str(work), "--out", str(out), "--batch", "4",
-                     "--stages", "generator,judge,identity,encoder,clip"])
+                     "--stages", "generator,judge,identity,encoder,clip,fs3"])
     assert rc == 0
     g = load_generator(out / "generator.pt")
     assert (g.resolution, g.w_dim, g.num_ws) == (64, 128, 10)
@@ -28,6 +28,11 @@ def test_tiny_training_exports_loadable_models(tmp_path):
     # the normal loaders dispatch toy checkpoints to the toy nets (same call contracts)
     torch.testing.assert_close(load_arcface(out / "identity.pt")(img), emb)
     torch.testing.assert_close(load_e4e(out / "encoder.pt")(img), enc(img))
+    from styleclip_lib.global_directions import load_fs3
+
+    fs3 = load_fs3(out / "fs3.npy", g)
+    assert fs3.shape == (sum(g.style_channels[i] for i in g.conv_style_indices), 64)
+    assert torch.isfinite(fs3).all()
 
 
 def test_generator_stage_resumes_exactly(tmp_path):

@@ -183,6 +183,10 @@ def table(report: dict) -> str:
         rows.append(("generator: every attribute value appears", float(report["generator"]["every_value_appears"]), 1.0))
     if "encoder" in report:
         rows.append(("encoder: judge agrees on every attribute", report["encoder"]["judge_agreement"]["all_attributes"], 0.90))
+    for name, m in report.get("methods", {}).items():
+        if isinstance(m, dict) and "success_rate" in m:
+            rows.append((f"{name}: success rate", m["success_rate"], 0.80))
+            rows.append((f"{name}: 1 - collateral rate", 1 - m["collateral_rate"], 0.85))
     lines = [f"{'metric':<48} {'value':>7} {'target':>7}"]
     for name, v, target in rows:
         lines.append(f"{name:<48} {v:>7.3f} {target:>7.2f} {'ok' if v >= target else 'BELOW'}")
@@ -195,8 +199,21 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--json", default=None, help="also write the JSON report here")
+    ap.add_argument("--methods", default="", help="also score edits: comma list of global,optimize,mapper")
+    ap.add_argument("--faces", type=int, default=20, help="source faces per edit prompt (--methods)")
+    ap.add_argument("--alpha", type=float, default=4.1)
+    ap.add_argument("--beta", type=float, default=0.15)
+    ap.add_argument("--opt-steps", type=int, default=40)
+    ap.add_argument("--mapper-steps", type=int, default=300)
     a = ap.parse_args(argv)
     report = evaluate(Path(a.weights), a.n, a.seed)
+    methods = [m for m in a.methods.split(",") if m]
+    if methods:
+        from .evaluate_methods import evaluate_methods
+
+        report["methods"] = evaluate_methods(a.faces, a.seed, methods, **{
+            "global": {"alpha": a.alpha, "beta": a.beta}, "optimize": {"steps": a.opt_steps},
+            "mapper": {"steps": a.mapper_steps}})
     text = json.dumps(report, indent=2)
     print(text)
     print(table(report), file=sys.stderr)

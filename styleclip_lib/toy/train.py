@@ -15,6 +15,8 @@ Stages (each seeded, resumable from ``--workdir``, with a progress bar):
                  and by reconstruction through the frozen generator.
 5. ``clip``      the same ``CLIP`` class (ViT, real BPE tokenizer, context 77), contrastive on renders
                  and template captions.
+6. ``fs3``       global-directions preprocessing of the toy generator with the toy CLIP
+                 (StyleSpace statistics + channel relevance), shipped as ``fs3.npy``.
 
 ``--export`` (default on) writes fp16 weights to ``styleclip_lib/toy/weights/`` in the formats the
 normal loaders read.  ``--tiny`` shrinks every stage to a few steps (used by the tests).
@@ -44,8 +46,8 @@ CLIP_CONFIG = dict(embed_dim=64, image_resolution=IMAGE_SIZE, vision_layers=4, v
                    context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=3)
 
 # Steps per stage (full run: about 45 min on 2 CPU cores) and the tiny smoke-test schedule.
-FULL_STEPS = dict(judge=700, identity=600, generator=3000, encoder=800, clip=1500)
-TINY_STEPS = dict(judge=3, identity=3, generator=3, encoder=3, clip=3)
+FULL_STEPS = dict(judge=1500, identity=1500, generator=3000, mapping=20000, encoder=800, clip=1500, fs3=32)
+TINY_STEPS = dict(judge=3, identity=3, generator=3, mapping=3, encoder=3, clip=3, fs3=2)
 BATCH = dict(judge=48, identity=48, generator=32, encoder=32, clip=128)
 
 
@@ -151,6 +153,25 @@ class Stage:
 
 # --------------------------------------------------------------------------- stages
 
+def degrade(x: torch.Tensor, p_blur: float = 0.6, max_sigma: float = 1.2, max_noise: float = 0.05) -> torch.Tensor:
+    """Random Gaussian blur and noise per image: a neural generator's output is a slightly soft,
+    noisy version of the render, and the judge/identity nets must read both the same way."""
+    n = x.shape[0]
+    sigma = torch.rand(n) * max_sigma * (torch.rand(n) < p_blur)
+    r = torch.arange(-3, 4, dtype=x.dtype)
+    k = torch.exp(-(r[None] ** 2) / (2 * sigma.clamp_min(1e-3)[:, None] ** 2))
+    k = k / k.sum(1, keepdim=True)  # (n, 7); sigma ~ 0 gives a delta
+    xp = F.pad(x, (3, 3, 3, 3), mode="replicate")
+    c = x.shape[1]
+    # separable blur with a per-image kernel: fold the batch into channels (groups)
+    xb = xp.reshape(1, n * c, *xp.shape[2:])
+    kh = k.repeat_interleave(c, 0)[:, None, None, :]
+    kv = k.repeat_interleave(c, 0)[:, None, :, None]
+    xb = F.conv2d(F.conv2d(xb, kh, groups=n * c), kv, groups=n * c)
+    out = xb.reshape(n, c, *x.shape[2:])
+    return out + torch.randn_like(out) * torch.rand(n, 1, 1, 1) * max_noise
+
+
 def train_judge(workdir, steps, seed, quiet, kind="judge", batch=None):
     batch = batch or BATCH[kind]
     torch.manual_seed(seed)
@@ -165,8 +186,7 @@ def train_judge(workdir, steps, seed, quiet, kind="judge", batch=None):
         for g in opt.param_groups:
             g["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * i / sched_steps))
         faces = R.sample_params(batch, seed=int(rng.integers(2**31)))
-        x = render_tensor(faces)
-        x = x + 0.02 * torch.randn_like(x)  # robustness to generator artefacts
+        x = degrade(render_tensor(faces))  # the judge must read generator outputs, not only crisp renders
         t = attribute_targets(faces)
         if kind == "judge":
             loss = judge_loss(net(x), t)
@@ -196,7 +216,7 @@ def boundary_biased_normal(n: int, rng: np.random.Generator, p_edge: float = 0.3
     return z
 
 
-def train_generator(workdir, steps, seed, quiet, batch=None):
+def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000):
     """Two supervised steps (see the module docstring).
 
     (a) *synthesis*: a learnable linear code ``w = v·E + b`` of the face's attribute one-hots and
@@ -237,14 +257,15 @@ def train_generator(workdir, steps, seed, quiet, batch=None):
     embed.requires_grad_(False)
 
     mapping = [p for name, p in g.named_parameters() if name.startswith("style.")]
-    map_steps = max(3, steps)
-    # EqualLinear(lr_mul=0.01) scales updates of the stored weights by 0.01 (StyleGAN's choice for
-    # GANs); a regression wants normal speed, hence the 100x learning rate on the stored values.
-    map_opt = torch.optim.Adam(mapping, lr=1e-3 * 100, betas=(0.9, 0.99))
+    # EqualLinear(lr_mul=0.01) stores weights 100x larger than it uses them (StyleGAN's choice for
+    # GANs) and divides by sqrt(D): a regression needs a learning rate of ~1 on the stored values
+    # to move the effective weights ~1% per step.
+    map_lr = 1.0
+    map_opt = torch.optim.Adam(mapping, lr=map_lr, betas=(0.9, 0.99))
 
     def map_step(i, rng):
         for grp in map_opt.param_groups:
-            grp["lr"] = 1e-3 * 100 * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * i / map_steps)))
+            grp["lr"] = map_lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * i / map_steps)))
         m = 64 if n < 16 else 512
         z = torch.randn(m, g.w_dim, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
         factors = boundary_biased_normal(m, rng, p_edge=0.5)
@@ -260,10 +281,12 @@ def train_generator(workdir, steps, seed, quiet, batch=None):
     g.requires_grad_(False)
     with torch.no_grad():
         g.latent_avg.copy_(g.mean_latent(4096, generator=torch.Generator().manual_seed(seed))[0])
-    return g.eval()
+    return g.eval(), embed
 
 
-def train_encoder(g, workdir, steps, seed, quiet, batch=None):
+def train_encoder(g, embed, workdir, steps, seed, quiet, batch=None):
+    """e4e-like encoder on renders: W+ regressed onto the face's exact code ``embed(v)`` (the W
+    the synthesis network was trained on) plus the reconstruction through the frozen generator."""
     n = batch or BATCH["encoder"]
     torch.manual_seed(seed)
     enc = ToyEncoder(g.num_ws, g.w_dim, IMAGE_SIZE)
@@ -273,11 +296,10 @@ def train_encoder(g, workdir, steps, seed, quiet, batch=None):
     def step(i, rng):
         for grp in opt.param_groups:
             grp["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * i / max(steps, 1)))
-        z = torch.randn(n, g.w_dim, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
+        faces = R.sample_params(n, seed=int(rng.integers(2**31)))
         with torch.no_grad():
-            w = g.mapping(z)
-            # train on renders (the real domain) and on generator samples (what inversion sees)
-            target_img = render_tensor(R.params_from_normal(z[:, : R.LATENT_FACTORS].double().numpy()))
+            target_img = render_tensor(faces)
+            w = embed(torch.from_numpy(faces.to_vectors()))
         w_plus = enc(target_img)
         rec = g.synthesis(w_plus)
         loss = F.mse_loss(w_plus, w[:, None].expand_as(w_plus)) + F.l1_loss(rec, target_img) + F.mse_loss(rec, target_img)
@@ -288,6 +310,14 @@ def train_encoder(g, workdir, steps, seed, quiet, batch=None):
 
     Stage("encoder", workdir, steps, seed, quiet).run({"enc": enc}, opt, step)
     return enc.eval()
+
+
+def load_toy_embed(path) -> torch.nn.Linear:
+    """The exact face-description → W code saved next to the toy generator."""
+    state = torch.load(path, map_location="cpu", weights_only=True)["toy_embed"]
+    embed = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+    embed.load_state_dict({k: v.float() for k, v in state.items()})
+    return embed.requires_grad_(False)
 
 
 def train_clip(workdir, steps, seed, quiet, batch=None):
@@ -346,6 +376,18 @@ def _init_clip(model):
             torch.nn.init.normal_(blk.mlp.c_proj.weight, std=proj_std)
 
 
+def compute_toy_fs3(g, clip_model, workdir: Path, n_images: int, quiet: bool, stats_n: int = 5000) -> dict:
+    """Global-directions preprocessing for the toy generator: S statistics and fs3 (corrected
+    variant, every conv channel), with the toy CLIP.  ``n_images`` plays the role of the
+    reference's 100 images per channel ("steps" of this stage)."""
+    from .. import global_directions as GD
+
+    mean, std = GD.style_statistics(g, n=stats_n, truncation=0.7, batch=500, seed=5, progress=not quiet)
+    fs3 = GD.compute_fs3(g, GD.clip_image_features(clip_model), n_images=n_images, style_mean=mean, style_std=std,
+                         batch_size=64, resume_path=workdir / "fs3.resume.pt", progress=not quiet)
+    return {"fs3": fs3, "style_mean": mean, "style_std": std}
+
+
 # --------------------------------------------------------------------------- export
 
 def export(models: dict, out_dir: Path = WEIGHTS_DIR) -> dict[str, Path]:
@@ -355,12 +397,21 @@ def export(models: dict, out_dir: Path = WEIGHTS_DIR) -> dict[str, Path]:
         g = models["generator"]
         sd = {k: v.half() if v.is_floating_point() else v for k, v in g.state_dict().items() if k != "latent_avg"}
         paths["generator"] = out_dir / "generator.pt"
-        torch.save({"g_ema": sd, "latent_avg": g.latent_avg.clone()}, paths["generator"])
+        # the exact W of any face description, next to g_ema (the generator loader ignores it)
+        extra = {"toy_embed": {k: v.detach().clone() for k, v in models["embed"].state_dict().items()}} if "embed" in models else {}
+        torch.save({"g_ema": sd, "latent_avg": g.latent_avg.clone(), **extra}, paths["generator"])
     if "clip" in models:
         m = models["clip"]
         sd = {k: (v.half() if v.is_floating_point() and v.ndim >= 2 and "embedding" not in k else v) for k, v in m.state_dict().items()}
         paths["clip"] = out_dir / "clip.pt"
         torch.save(sd, paths["clip"])
+    if "fs3" in models:
+        from ..global_directions import save_fs3
+
+        paths["fs3"] = Path(save_fs3(out_dir / "fs3.npy", models["fs3"]["fs3"], dtype=np.float16))
+        paths["style_stats"] = out_dir / "style_stats.pt"
+        torch.save({"style_mean": [m.float() for m in models["fs3"]["style_mean"]],
+                    "style_std": [s.float() for s in models["fs3"]["style_std"]]}, paths["style_stats"])
     for kind in ("judge", "identity", "encoder"):
         if kind in models:
             paths[kind] = out_dir / f"{kind}.pt"
@@ -370,7 +421,7 @@ def export(models: dict, out_dir: Path = WEIGHTS_DIR) -> dict[str, Path]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m styleclip_lib.toy.train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--stages", default="generator,judge,identity,encoder,clip")
+    ap.add_argument("--stages", default="generator,judge,identity,encoder,clip,fs3")
     ap.add_argument("--workdir", default="runs/toy", help="checkpoints for resuming")
     ap.add_argument("--out", default=str(WEIGHTS_DIR), help="where the exported weights go")
     ap.add_argument("--seed", type=int, default=0)
@@ -392,7 +443,7 @@ def main(argv=None) -> int:
         k, v = kv.split("=")
         steps[k] = int(v)
     stages = [s.strip() for s in a.stages.split(",") if s.strip()]
-    unknown = set(stages) - set(FULL_STEPS)
+    unknown = set(stages) - set(FULL_STEPS) - {"mapping"}
     if unknown:
         ap.error(f"unknown stages {sorted(unknown)}; expected some of {list(FULL_STEPS)}")
     workdir = Path(a.workdir)
@@ -415,18 +466,25 @@ def _run_stages(stages, steps, batch, workdir, a, models):
         if s in ("judge", "identity"):
             models[s] = train_judge(workdir, steps[s], seed, a.quiet, kind=s, batch=batch)
         elif s == "generator":
-            models[s] = train_generator(workdir, steps[s], seed, a.quiet, batch=batch)
+            models[s], models["embed"] = train_generator(workdir, steps[s], seed, a.quiet, batch=batch, map_steps=steps["mapping"])
         elif s == "encoder":
-            g = models.get("generator")
-            if g is None:
-                from ..models.stylegan2 import load_generator
-                g = load_generator(Path(a.out) / "generator.pt", device="cpu")
-            models[s] = train_encoder(g, workdir, steps[s], seed, a.quiet, batch=batch)
+            from ..models.stylegan2 import load_generator
+
+            g = load_generator(Path(a.out) / "generator.pt", device="cpu")
+            embed = load_toy_embed(Path(a.out) / "generator.pt")
+            models[s] = train_encoder(g, embed, workdir, steps[s], seed, a.quiet, batch=batch)
         elif s == "clip":
             models[s] = train_clip(workdir, steps[s], seed, a.quiet, batch=batch)
+        elif s == "fs3":
+            from ..models.clip import load_clip
+            from ..models.stylegan2 import load_generator
+
+            g = models.get("generator") or load_generator(Path(a.out) / "generator.pt", device="cpu")
+            cm = models.get("clip") or load_clip(Path(a.out) / "clip.pt", device="cpu")
+            models[s] = compute_toy_fs3(g, cm, workdir, steps[s], a.quiet, stats_n=200 if a.tiny else 5000)
         print(f"[{s}] {steps[s]} steps in {time.time() - ts:.0f}s", flush=True)
         if not a.no_export:
-            export({s: models[s]}, Path(a.out))
+            export({s: models[s], **({"embed": models["embed"]} if s == "generator" else {})}, Path(a.out))
 
 
 if __name__ == "__main__":

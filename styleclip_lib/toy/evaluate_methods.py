@@ -1,0 +1,173 @@
+"""How often does an edit do what the text asked?  Per-method metrics in the toy world.
+
+For every edit prompt of :data:`~styleclip_lib.toy.captions.EDIT_PROMPTS` (one attribute value
+each) and every source face the judge does *not* already see with that value, the method edits
+the face and the judge (never used by any method) reads the result:
+
+* **success**: the judge sees the requested value;
+* **collateral**: some other attribute changed (hair colour is skipped when either face hides it:
+  bald without a beard);
+* **identity drift**: mean absolute change of the judge's identity parameters (each in [0, 1]);
+* **seconds per edit**.
+
+Used by ``python -m styleclip_lib.toy.evaluate --methods``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import render as R
+from .captions import EDIT_PROMPTS, neutral_prompt_for
+from .evaluate import judge_predictions
+
+_HAIR = R.ATTR_NAMES.index("hair_color")
+
+
+def _hair_hidden(pred: dict, idx: np.ndarray) -> np.ndarray:
+    bald = pred["hair_style"][idx] == R.ATTRIBUTES["hair_style"].index("bald")
+    beard = pred["beard"][idx] == R.ATTRIBUTES["beard"].index("yes")
+    return bald & ~beard
+
+
+@dataclass
+class MethodScore:
+    method: str
+    edits: int = 0
+    successes: int = 0
+    collateral: int = 0
+    identity_drift: list = field(default_factory=list)
+    seconds: float = 0.0
+    per_prompt: dict = field(default_factory=dict)
+
+    def add(self, prompt: str, success: np.ndarray, collateral: np.ndarray, drift: np.ndarray, seconds: float) -> None:
+        self.edits += len(success)
+        self.successes += int(success.sum())
+        self.collateral += int(collateral.sum())
+        self.identity_drift.extend(drift.tolist())
+        self.seconds += seconds
+        self.per_prompt[prompt] = {"n": int(len(success)), "success": float(success.mean()) if len(success) else float("nan")}
+
+    def summary(self) -> dict:
+        n = max(self.edits, 1)
+        return {"method": self.method, "edits": self.edits, "success_rate": self.successes / n,
+                "collateral_rate": self.collateral / n, "identity_drift": float(np.mean(self.identity_drift)) if self.identity_drift else float("nan"),
+                "seconds_per_edit": self.seconds / n, "per_prompt": self.per_prompt}
+
+
+def score_edits(judge, source_pred: dict, idx: np.ndarray, edited: torch.Tensor, attr: str, value: str):
+    """(success, collateral, identity drift) arrays for edited images of sources ``idx``."""
+    pred = judge_predictions(judge, edited)
+    target = R.ATTRIBUTES[attr].index(value)
+    success = pred[attr] == target
+    hidden = _hair_hidden(source_pred, idx) | _hair_hidden(pred, np.arange(len(idx)))
+    collateral = np.zeros(len(idx), bool)
+    for other in R.ATTR_NAMES:
+        if other == attr or (other == "hair_color" and attr in ("hair_style", "beard")):
+            continue  # changing the style/beard can reveal or hide the hair colour
+        changed = pred[other] != source_pred[other][idx]
+        if other == "hair_color":
+            changed &= ~hidden
+        collateral |= changed
+    drift = np.abs(pred["identity"] - source_pred["identity"][idx]).mean(1)
+    return success, collateral, drift
+
+
+def source_faces(g, judge, n: int, seed: int):
+    """``n`` generator samples and the judge's view of them.  No truncation: in the toy world it
+    blends discrete attributes (see :data:`styleclip_lib.worlds.DEFAULT_TRUNCATION`)."""
+    z = torch.randn(n, g.w_dim, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        w_plus = g.to_w_plus(g.mapping(z)).contiguous()
+        images = g.synthesis(w_plus)
+    return w_plus, images, judge_predictions(judge, images)
+
+
+def _candidates(pred: dict, attr: str, value: str, n_max: int) -> np.ndarray:
+    target = R.ATTRIBUTES[attr].index(value)
+    idx = np.nonzero(pred[attr] != target)[0]
+    if attr == "hair_color":
+        idx = idx[~_hair_hidden(pred, idx)]
+    return idx[:n_max]
+
+
+def evaluate_global(models, judge, w_plus, pred, n_faces: int, alpha: float = 4.1, beta: float = 0.15,
+                    prompts=EDIT_PROMPTS) -> dict:
+    gd = models.global_directions()
+    score = MethodScore("global_directions")
+    for prompt, attr, value in prompts:
+        idx = _candidates(pred, attr, value, n_faces)
+        if not len(idx):
+            continue
+        t = time.time()
+        with torch.no_grad():
+            out = gd(w_plus[idx], prompt, neutral_prompt_for(attr), alpha=alpha, beta=beta)
+        score.add(prompt, *score_edits(judge, pred, idx, out.images, attr, value), time.time() - t)
+    res = score.summary()
+    res.update(alpha=alpha, beta=beta)
+    return res
+
+
+def evaluate_optimization(models, judge, w_plus, pred, n_faces: int, steps: int = 40, l2_lambda: float = 0.008,
+                          prompts=EDIT_PROMPTS) -> dict:
+    opt = models.optimizer()
+    score = MethodScore("latent_optimization")
+    for prompt, attr, value in prompts:
+        idx = _candidates(pred, attr, value, n_faces)
+        if not len(idx):
+            continue
+        t = time.time()
+        res = opt(prompt, w_plus[idx], steps=steps, l2_lambda=l2_lambda, progress=False)
+        score.add(prompt, *score_edits(judge, pred, idx, res.images, attr, value), time.time() - t)
+    out = score.summary()
+    out.update(steps=steps, l2_lambda=l2_lambda)
+    return out
+
+
+def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", attr: str = "hair_color", value: str = "purple",
+                    steps: int = 300, seed: int = 7, exp_dir=None) -> dict:
+    """Train one mapper on sampled latents, then score it on held-out faces (other seed)."""
+    import tempfile
+
+    from ..methods.mapper import LatentMapperEdit, MapperTrainer
+
+    g = models.generator
+    t = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = MapperTrainer(g, models.clip, description=prompt, optimizer="adam", learning_rate=0.01, batch_size=8,
+                                max_steps=steps, val_interval=steps, save_interval=steps, image_interval=steps,
+                                num_samples=2000, num_val_samples=64, id_lambda=0.0, exp_dir=exp_dir or tmp, seed=seed)
+        result = trainer.train(progress=False)
+    train_seconds = time.time() - t
+    w_plus, _, pred = source_faces(g, judge, 4 * n_faces, seed + 1000)
+    idx = _candidates(pred, attr, value, n_faces)
+    score = MethodScore("latent_mapper")
+    t = time.time()
+    with torch.no_grad():
+        out = LatentMapperEdit(g, result.mapper)(w_plus[idx])
+    score.add(prompt, *score_edits(judge, pred, idx, out.images, attr, value), time.time() - t)
+    res = score.summary()
+    res.update(prompt=prompt, train_steps=steps, train_seconds=train_seconds)
+    return res
+
+
+def evaluate_methods(n_faces: int = 20, seed: int = 2024, methods=("global", "optimize", "mapper"), **knobs) -> dict:
+    from ..worlds import load_models
+    from .nets import load_net
+    from . import weights_path
+
+    models = load_models("toy", "cpu")
+    judge = load_net(weights_path("toy-judge"), "judge")
+    g = models.generator
+    w_plus, _, pred = source_faces(g, judge, 6 * n_faces, seed)
+    report = {"n_faces_per_prompt": n_faces, "prompts": len(EDIT_PROMPTS)}
+    if "global" in methods:
+        report["global"] = evaluate_global(models, judge, w_plus, pred, n_faces, **knobs.get("global", {}))
+    if "optimize" in methods:
+        report["optimize"] = evaluate_optimization(models, judge, w_plus, pred, n_faces, **knobs.get("optimize", {}))
+    if "mapper" in methods:
+        report["mapper"] = evaluate_mapper(models, judge, n_faces, **knobs.get("mapper", {}))
+    return report

@@ -1,0 +1,124 @@
+"""Model sets: everything one editing session needs, by name.
+
+``'toy'`` is the offline default (shipped with the package); ``'ffhq'`` is the real
+StyleCLIP set (fetched through :mod:`styleclip_lib.pretrained`).  The CLI, the notebooks
+and the service all go through :func:`load_models` so that "which weights" is decided in
+one place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .device import resolve_device
+
+__all__ = ["ModelSet", "load_models", "MODEL_SETS"]
+
+#: names of each part per model set (registry names or 'toy')
+#: truncation for random source faces.  The reference samples with 0.7; the toy generator's W is an
+#: affine image of discrete attributes, where truncation blends them (half-purple hair), so 1.0.
+DEFAULT_TRUNCATION = {"toy": 1.0, "ffhq": 0.7}
+
+MODEL_SETS: dict[str, dict[str, str]] = {
+    "toy": {"generator": "toy", "clip": "toy", "identity": "toy", "encoder": "toy", "fs3": "toy-fs3"},
+    "ffhq": {"generator": "stylegan2-ffhq-config-f", "clip": "ViT-B/32", "identity": "model_ir_se50",
+             "encoder": "e4e_ffhq_encode", "fs3": "ffhq-fs3"},
+}
+
+
+@dataclass
+class ModelSet:
+    """Generator + CLIP (+ identity model, encoder, fs3) of one domain; parts load on first use."""
+
+    name: str
+    device: torch.device
+    parts: dict[str, str]
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def truncation(self) -> float:
+        """Truncation used for random source faces of this model set."""
+        return DEFAULT_TRUNCATION.get(self.name, 0.7)
+
+    def sample_w_plus(self, n: int = 1, seed: int = 0) -> torch.Tensor:
+        """``n`` random source latents (W+), seeded, at this set's truncation."""
+        g = self.generator
+        z = torch.randn(n, g.w_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        with torch.no_grad():
+            return g.to_w_plus(g.mapping(z, truncation=self.truncation)).contiguous()
+
+    def _get(self, key: str, loader):
+        if key not in self._cache:
+            self._cache[key] = loader()
+        return self._cache[key]
+
+    @property
+    def generator(self):
+        from .models.stylegan2 import load_generator
+
+        return self._get("generator", lambda: load_generator(self.parts["generator"], device=self.device))
+
+    @property
+    def clip(self):
+        from .models.clip import load_clip
+
+        return self._get("clip", lambda: load_clip(self.parts["clip"], device=self.device))
+
+    @property
+    def identity(self):
+        from .models.arcface import load_arcface
+
+        return self._get("identity", lambda: load_arcface(self.parts["identity"], device=self.device))
+
+    @property
+    def encoder(self):
+        from .models.e4e import load_e4e
+
+        return self._get("encoder", lambda: load_e4e(self.parts["encoder"], device=self.device))
+
+    def fs3_path(self) -> Path:
+        if self.parts["fs3"] == "toy-fs3":
+            from .toy import weights_path
+
+            return weights_path("toy-fs3")
+        from .pretrained import resolve
+
+        return resolve(self.parts["fs3"], kind="fs3")
+
+    def style_statistics(self):
+        """(mean, std) StyleSpace statistics: shipped for the toy world, else computed (and cached)."""
+        if "style_stats" not in self._cache:
+            if self.name == "toy":
+                from .toy import weights_path
+
+                st = torch.load(weights_path("toy-style-stats"), weights_only=True)
+                self._cache["style_stats"] = ([m.to(self.device) for m in st["style_mean"]], [s.to(self.device) for s in st["style_std"]])
+            else:
+                from .global_directions import style_statistics
+
+                self._cache["style_stats"] = style_statistics(self.generator)
+        return self._cache["style_stats"]
+
+    def global_directions(self):
+        from .global_directions import GlobalDirections
+
+        def build():
+            mean, std = self.style_statistics()
+            return GlobalDirections(self.generator, self.clip, fs3=self.fs3_path(), style_mean=mean, style_std=std)
+
+        return self._get("global_directions", build)
+
+    def optimizer(self, with_identity: bool = False):
+        from .methods.optimization import LatentOptimization
+
+        return LatentOptimization(self.generator, self.clip, self.identity if with_identity else None)
+
+
+def load_models(name: str = "toy", device: str | torch.device | None = None) -> ModelSet:
+    """The model set ``name`` ('toy' or 'ffhq') on ``device`` (parts load lazily)."""
+    if name not in MODEL_SETS:
+        raise ValueError(f"model set: expected one of {sorted(MODEL_SETS)}, got {name!r}")
+    return ModelSet(name, resolve_device(device), dict(MODEL_SETS[name]))
