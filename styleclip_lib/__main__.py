@@ -5,6 +5,7 @@ Commands
                                      pretrained weights (registry, cache, checksums)
   generate                           sample faces from a generator (default: the toy world)
   edit                               edit a latent with a text: --method optimize | mapper | global
+  serve                              HTTP service + web page (--model toy|ffhq, --port 8000)
 """
 from __future__ import annotations
 
@@ -94,9 +95,16 @@ def _edit(argv: list[str]) -> int:
     return 0
 
 
+def _serve(argv: list[str]) -> int:
+    from .serve.cli import main as serve_main
+
+    return serve_main(argv)
+
+
 COMMANDS = {
     "generate": _generate,
     "edit": _edit,
+    "serve": _serve,
 }
 PRETRAINED = {"fetch", "list", "path", "info", "verify"}
 

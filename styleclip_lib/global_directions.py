@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -243,11 +244,13 @@ def text_direction_from_embeddings(target_emb: torch.Tensor, neutral_emb: torch.
 
 _TEXT_CACHE: "OrderedDict[tuple, tuple[Any, torch.Tensor]]" = OrderedDict()
 _TEXT_CACHE_SIZE = 128
+_TEXT_CACHE_LOCK = threading.Lock()  # the service edits from several threads
 
 
 def clear_text_cache() -> None:
     """Empty the per-(CLIP model, prompt) text-embedding cache used by :func:`text_direction`."""
-    _TEXT_CACHE.clear()
+    with _TEXT_CACHE_LOCK:
+        _TEXT_CACHE.clear()
 
 
 def _model_device_dtype(model: Any) -> tuple[torch.device, Optional[torch.dtype]]:
@@ -282,12 +285,15 @@ def encode_prompt(clip_model: Any, prompt: str, templates: Sequence[str] = IMAGE
         raise ValueError("templates: expected at least one template")
     device, dtype = _model_device_dtype(clip_model)
     key = (id(clip_model), str(device), str(dtype), prompt, templates, id(tokenizer) if tokenizer is not None else None)
-    if cache and key in _TEXT_CACHE:
-        ref, value = _TEXT_CACHE[key]
-        if ref is None or ref() is clip_model:
-            _TEXT_CACHE.move_to_end(key)
-            return value.clone()
-        del _TEXT_CACHE[key]
+    if cache:
+        with _TEXT_CACHE_LOCK:
+            hit = _TEXT_CACHE.get(key)
+            if hit is not None:
+                ref, value = hit
+                if ref is None or ref() is clip_model:
+                    _TEXT_CACHE.move_to_end(key)
+                    return value.clone()
+                del _TEXT_CACHE[key]
     if tokenizer is None:
         from .tokenizer import tokenize as tokenizer  # lazy: written separately
     tokens = tokenizer([t.format(prompt) for t in templates])
@@ -301,9 +307,10 @@ def encode_prompt(clip_model: Any, prompt: str, templates: Sequence[str] = IMAGE
             ref = weakref.ref(clip_model)
         except TypeError:
             ref = None
-        _TEXT_CACHE[key] = (ref, value)
-        while len(_TEXT_CACHE) > _TEXT_CACHE_SIZE:
-            _TEXT_CACHE.popitem(last=False)
+        with _TEXT_CACHE_LOCK:
+            _TEXT_CACHE[key] = (ref, value)
+            while len(_TEXT_CACHE) > _TEXT_CACHE_SIZE:
+                _TEXT_CACHE.popitem(last=False)
     return value.clone()
 
 

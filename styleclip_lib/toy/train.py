@@ -46,8 +46,10 @@ CLIP_CONFIG = dict(embed_dim=64, image_resolution=IMAGE_SIZE, vision_layers=4, v
                    context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=3)
 
 # Steps per stage (full run: about 45 min on 2 CPU cores) and the tiny smoke-test schedule.
-FULL_STEPS = dict(judge=1500, identity=1500, generator=3000, mapping=20000, encoder=800, clip=1500, fs3=32)
+FULL_STEPS = dict(judge=1500, identity=1500, generator=6000, mapping=20000, encoder=800, clip=1500, fs3=32)
 TINY_STEPS = dict(judge=3, identity=3, generator=3, mapping=3, encoder=3, clip=3, fs3=2)
+#: (top, bottom, left, right) of the eyes-to-mouth region, as fractions of the image size
+FACE_DETAIL_BOX = (0.34, 0.80, 0.22, 0.78)
 BATCH = dict(judge=48, identity=48, generator=32, encoder=32, clip=128)
 
 
@@ -248,6 +250,9 @@ def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000):
         w = embed(torch.from_numpy(faces.to_vectors()))
         img = g.synthesis(w, noise_mode="const")
         loss = F.l1_loss(img, target) + F.mse_loss(img, target) + F.l1_loss(F.avg_pool2d(img, 4), F.avg_pool2d(target, 4))
+        # eyes and mouth are a few pixels each but carry three attributes: weigh the face centre more
+        r0, r1, c0, c1 = (int(f * IMAGE_SIZE) for f in FACE_DETAIL_BOX)
+        loss = loss + 2.0 * F.l1_loss(img[..., r0:r1, c0:c1], target[..., r0:r1, c0:c1])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -402,7 +407,9 @@ def export(models: dict, out_dir: Path = WEIGHTS_DIR) -> dict[str, Path]:
         torch.save({"g_ema": sd, "latent_avg": g.latent_avg.clone(), **extra}, paths["generator"])
     if "clip" in models:
         m = models["clip"]
-        sd = {k: (v.half() if v.is_floating_point() and v.ndim >= 2 and "embedding" not in k else v) for k, v in m.state_dict().items()}
+        # fp16 like OpenAI's archives (plus the token embedding: half the file); LayerNorms and the
+        # logit scale stay fp32.  The loader casts everything to the requested dtype.
+        sd = {k: (v.half() if v.is_floating_point() and k != "logit_scale" and "ln" not in k else v) for k, v in m.state_dict().items()}
         paths["clip"] = out_dir / "clip.pt"
         torch.save(sd, paths["clip"])
     if "fs3" in models:

@@ -1,0 +1,66 @@
+"""The shipped toy world: loaders return the trained models, and they are good enough to edit with.
+
+Loose floors only (the full figures come from ``python -m styleclip_lib.toy.evaluate``): a broken
+or truncated checkpoint, or a renderer that drifted from what the models learnt, fails here.
+"""
+import numpy as np
+import pytest
+import torch
+
+import styleclip_lib as sc
+from styleclip_lib.toy import render as R
+from styleclip_lib.toy import evaluate as E
+from styleclip_lib.toy.nets import IdentityNet, ToyEncoder, load_net
+from styleclip_lib.toy import weights_path
+
+
+@pytest.fixture(scope="module")
+def world():
+    return {"g": sc.load_generator("toy"), "clip": sc.load_clip("toy"), "judge": load_net(weights_path("toy-judge"), "judge")}
+
+
+def test_loaders_return_the_shipped_models(world):
+    g = world["g"]
+    assert (g.resolution, g.w_dim, g.num_ws) == (64, 128, 10)
+    assert world["clip"].input_resolution == 64
+    assert isinstance(sc.load_arcface("toy"), IdentityNet)
+    assert isinstance(sc.load_e4e("toy"), ToyEncoder)
+    assert weights_path("toy-fs3").exists()
+
+
+def test_judge_reads_fresh_renders(world):
+    res = E.evaluate_judge(world["judge"], 96, seed=99)
+    assert min(v for k, v in res["accuracy"].items() if k != "all_attributes") >= 0.9, res
+
+
+def test_generator_samples_look_like_renders(world):
+    res = E.evaluate_generator(world["g"], world["judge"], 96, seed=98)
+    assert res["confident_all_attributes"] >= 0.25, res
+    # the intended (renderer) attributes of z are what the judge sees
+    agree = res["agreement_with_intended"]
+    assert np.mean([agree[a] for a in R.ATTR_NAMES]) >= 0.8, agree
+
+
+def test_clip_retrieves_single_attributes(world):
+    res = E.evaluate_clip(world["clip"], 96, seed=97)
+    assert res["image_to_text_mean"] >= 0.6, res
+    # colours are the easy part of the caption language: a broken CLIP fails them first
+    assert min(res["image_to_text_top1"][a] for a in ("hair_color", "skin_tone", "background")) >= 0.8, res
+
+
+def test_global_directions_edit_the_hair_colour(world):
+    models = sc.load_models("toy", "cpu")
+    w = models.sample_w_plus(16, seed=5)
+    out = models.global_directions()(w, "blue hair", "hair", alpha=4.1, beta=0.15)
+    assert out.num_channels > 0
+    pred = E.judge_predictions(world["judge"], out.images)
+    blue = R.ATTRIBUTES["hair_color"].index("blue")
+    bald = pred["hair_style"] == R.ATTRIBUTES["hair_style"].index("bald")
+    assert (pred["hair_color"][~bald] == blue).mean() >= 0.5, pred["hair_color"]
+
+
+def test_encoder_inverts_renders(world):
+    res = E.evaluate_encoder(world["g"], sc.load_e4e("toy"), world["judge"], 48, seed=96)
+    agree = res["judge_agreement"]
+    assert np.mean([agree[a] for a in R.ATTR_NAMES]) >= 0.75, agree
+    assert res["mse"] < 0.05, res
