@@ -381,7 +381,7 @@ def _init_clip(model):
             torch.nn.init.normal_(blk.mlp.c_proj.weight, std=proj_std)
 
 
-def compute_toy_fs3(g, clip_model, workdir: Path, n_images: int, quiet: bool, stats_n: int = 5000) -> dict:
+def compute_toy_fs3(g, clip_model, workdir: Path, n_images: int, quiet: bool, stats_n: int = 5000, layers=None) -> dict:
     """Global-directions preprocessing for the toy generator: S statistics and fs3 (corrected
     variant, every conv channel), with the toy CLIP.  ``n_images`` plays the role of the
     reference's 100 images per channel ("steps" of this stage)."""
@@ -389,7 +389,7 @@ def compute_toy_fs3(g, clip_model, workdir: Path, n_images: int, quiet: bool, st
 
     mean, std = GD.style_statistics(g, n=stats_n, truncation=0.7, batch=500, seed=5, progress=not quiet)
     fs3 = GD.compute_fs3(g, GD.clip_image_features(clip_model), n_images=n_images, style_mean=mean, style_std=std,
-                         batch_size=64, resume_path=workdir / "fs3.resume.pt", progress=not quiet)
+                         batch_size=64, resume_path=workdir / "fs3.resume.pt", progress=not quiet, layers=layers)
     return {"fs3": fs3, "style_mean": mean, "style_std": std}
 
 
@@ -488,7 +488,9 @@ def _run_stages(stages, steps, batch, workdir, a, models):
 
             g = models.get("generator") or load_generator(Path(a.out) / "generator.pt", device="cpu")
             cm = models.get("clip") or load_clip(Path(a.out) / "clip.pt", device="cpu")
-            models[s] = compute_toy_fs3(g, cm, workdir, steps[s], a.quiet, stats_n=200 if a.tiny else 5000)
+            # --tiny: only the first conv layer (a valid, truncated fs3 as the reference's 5376-row file)
+            models[s] = compute_toy_fs3(g, cm, workdir, steps[s], a.quiet, stats_n=200 if a.tiny else 5000,
+                                        layers=g.conv_style_indices[:1] if a.tiny else None)
         print(f"[{s}] {steps[s]} steps in {time.time() - ts:.0f}s", flush=True)
         if not a.no_export:
             export({s: models[s], **({"embed": models["embed"]} if s == "generator" else {})}, Path(a.out))
