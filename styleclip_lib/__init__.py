@@ -26,6 +26,10 @@ _LAZY = {
     "align_face": "styleclip_lib.align",
     "load_image": "styleclip_lib.photo_io",
     "edit_photo": "styleclip_lib.photo",
+    "PhotoEditResult": "styleclip_lib.photo",
+    "InversionResult": "styleclip_lib.invert",
+    "EncoderInversion": "styleclip_lib.invert",
+    "ProjectionInversion": "styleclip_lib.invert",
 }
 
 __all__ = sorted(_LAZY) + ["pretrained", "__version__"]
@@ -36,7 +40,7 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
-    if name in {"pretrained", "models", "toy", "losses", "global_directions", "methods", "align", "invert", "photo", "worlds"}:
+    if name in {"pretrained", "models", "toy", "losses", "global_directions", "methods", "align", "invert", "photo", "worlds", "serve", "storage"}:
         return importlib.import_module(f"styleclip_lib.{name}")
     raise AttributeError(f"module 'styleclip_lib' has no attribute {name!r}")
 

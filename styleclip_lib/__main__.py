@@ -42,13 +42,20 @@ def _generate(argv: list[str]) -> int:
 
 
 def _edit(argv: list[str]) -> int:
+    if "--image" in argv or any(a.startswith("--image=") for a in argv):
+        # a photo: align -> invert -> edit (-> paste back), see styleclip_lib.photo
+        from .photo import main as photo_main
+
+        return photo_main(argv)
     import torch
 
     from .imageio import save_image
     from .latents import check_prompt, load_latents
     from .worlds import load_models
 
-    ap = argparse.ArgumentParser(prog="python -m styleclip_lib edit", description="Edit a face latent with a text prompt.")
+    ap = argparse.ArgumentParser(prog="python -m styleclip_lib edit",
+                                 description="Edit a face latent with a text prompt (with --image: a photo, see "
+                                             "python -m styleclip_lib.photo --help).")
     ap.add_argument("--method", choices=["optimize", "mapper", "global"], required=True)
     ap.add_argument("--prompt", required=True, help="target text, e.g. 'purple hair'")
     ap.add_argument("--neutral", default=None, help="global directions: the neutral text (default: 'a face')")
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[cmd](rest)
-    except (ValueError, FileNotFoundError) as e:  # clear errors, no traceback, for the CLI user
+    except (ValueError, FileNotFoundError, ImportError) as e:  # clear errors, no traceback, for the CLI user
         print(f"error: {e}", file=sys.stderr)
         return 1
 
