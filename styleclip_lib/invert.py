@@ -344,12 +344,7 @@ def _result_from(w_plus, reconstruction, target, identity_model, **kw) -> Invers
                            perceptual=m["perceptual"], id_similarity=m["id_similarity"], **kw)
 
 
-def _device_of(module: Any) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return torch.device("cpu")
+from .device import module_device as _device_of  # noqa: E402  (shared helper)
 
 
 def _check_generator(generator: Any) -> None:

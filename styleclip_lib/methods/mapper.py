@@ -108,12 +108,7 @@ PathLike = Union[str, os.PathLike]
 
 
 # ----------------------------------------------------------------------------- helpers
-def _module_device(module: Any) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return torch.device("cpu")
+from ..device import module_device as _module_device  # noqa: E402  (shared helper)
 
 
 def _check_generator(generator: Any) -> None:
