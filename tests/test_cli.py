@@ -41,3 +41,14 @@ def test_registry_commands_through_module_entry_point():
         assert name in r.stdout
     r = subprocess.run([sys.executable, "-m", "styleclip_lib", "fetch", "ViT-B/32"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "STYLECLIP_OFFLINE" in r.stderr  # offline in tests: no network, clear message
+
+
+def test_readme_main_job_edits_offline(tmp_path, capsys):
+    """The README's main command: a global-directions edit in the shipped toy world."""
+    out = tmp_path / "edit.png"
+    rc = main(["edit", "--method", "global", "--prompt", "blue hair", "--neutral", "hair", "--seed", "1", "--out", str(out)])
+    assert rc == 0 and "channels manipulated" in capsys.readouterr().out
+    img = np.asarray(Image.open(out))
+    source, edited = img[2:66, 2:66].astype(int), img[68:132, 2:66].astype(int)
+    assert np.abs(source - edited).mean() > 2  # the edit changed the face
+    assert main(["edit", "--method", "global", "--prompt", "  ", "--out", str(out)]) == 1  # empty prompt: clear error
