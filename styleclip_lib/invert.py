@@ -60,7 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .latents import as_w_plus
+from .latents import StoppableRun, as_w_plus
 
 __all__ = [
     "InversionResult",
@@ -261,7 +261,7 @@ def image_metrics(reconstruction: torch.Tensor, target: torch.Tensor, identity_m
 # ----------------------------------------------------------------------------- result
 
 @dataclass
-class InversionResult:
+class InversionResult(StoppableRun):
     """What every inversion returns.
 
     Attributes:
@@ -301,13 +301,6 @@ class InversionResult:
     initial_metrics: Optional[dict] = field(default=None, repr=False)
     seconds: float = 0.0
 
-    @property
-    def interrupted(self) -> bool:
-        return self.stopped == "interrupted"
-
-    @property
-    def completed(self) -> bool:
-        return self.steps_done >= self.steps
 
     def metrics(self) -> dict:
         """Batch means as floats: ``mse``, ``psnr``, ``perceptual`` and ``id_similarity`` (if any)."""

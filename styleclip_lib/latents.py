@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["as_w_plus", "check_prompt", "load_latents"]
+__all__ = ["as_w_plus", "check_prompt", "load_latents", "StoppableRun"]
 
 
 def as_w_plus(latent, num_ws: int, w_dim: int, *, name: str = "latent", allow_w: bool = False,
@@ -77,3 +77,16 @@ def load_latents(path: str | os.PathLike, num_ws: int, w_dim: int) -> torch.Tens
             else:
                 raise CheckpointError(p, describe(obj), f"a tensor of W+ latents (N, {num_ws}, {w_dim})")
     return as_w_plus(obj.float(), num_ws, w_dim, name=f"latents in {p.name}")
+
+
+class StoppableRun:
+    """Status shared by results of interruptible runs (optimisation, projection): they carry
+    ``stopped`` ('completed' | 'callback' | 'interrupted'), ``steps_done`` and ``steps``."""
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped == "interrupted"
+
+    @property
+    def completed(self) -> bool:
+        return self.steps_done >= self.steps

@@ -65,7 +65,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..latents import as_w_plus, check_prompt
+from ..latents import StoppableRun, as_w_plus, check_prompt
 from ..losses.clip_loss import CLIPLoss
 
 __all__ = [
@@ -189,7 +189,7 @@ def _tqdm(total: int, initial: int, disable: bool, desc: str):
 
 
 @dataclass
-class OptimizationResult:
+class OptimizationResult(StoppableRun):
     """What :func:`optimize_latent` / :class:`LatentOptimization` return.
 
     Attributes:
@@ -233,13 +233,6 @@ class OptimizationResult:
     lrs: list = field(default_factory=list)
     latent_history: Optional[list] = None
 
-    @property
-    def interrupted(self) -> bool:
-        return self.stopped == "interrupted"
-
-    @property
-    def completed(self) -> bool:
-        return self.steps_done >= self.steps
 
     def to_pil(self, which: str = "images") -> list:
         """One PIL image per sample of ``images`` (``which='images'``) or ``source_images``."""

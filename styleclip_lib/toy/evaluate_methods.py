@@ -94,19 +94,29 @@ def _candidates(pred: dict, attr: str, value: str, n_max: int) -> np.ndarray:
     return idx[:n_max]
 
 
-def evaluate_global(models, judge, w_plus, pred, n_faces: int, alpha: float = 4.1, beta: float = 0.15,
-                    prompts=EDIT_PROMPTS) -> dict:
-    gd = models.global_directions()
-    score = MethodScore("global_directions")
+def score_prompts(method: str, edit, judge, w_plus, pred, n_faces: int, prompts=EDIT_PROMPTS) -> MethodScore:
+    """Run ``edit(w_plus_batch, prompt, attr) -> images`` for every prompt on the faces that do not
+    already show its value, and score each batch with the judge."""
+    score = MethodScore(method)
     for prompt, attr, value in prompts:
         idx = _candidates(pred, attr, value, n_faces)
         if not len(idx):
             continue
         t = time.time()
-        with torch.no_grad():
-            out = gd(w_plus[idx], prompt, neutral_prompt_for(attr), alpha=alpha, beta=beta)
-        score.add(prompt, *score_edits(judge, pred, idx, out.images, attr, value), time.time() - t)
-    res = score.summary()
+        images = edit(w_plus[idx], prompt, attr)
+        score.add(prompt, *score_edits(judge, pred, idx, images, attr, value), time.time() - t)
+    return score
+
+
+def evaluate_global(models, judge, w_plus, pred, n_faces: int, alpha: float = 4.1, beta: float = 0.15,
+                    prompts=EDIT_PROMPTS) -> dict:
+    gd = models.global_directions()
+
+    @torch.no_grad()
+    def edit(w, prompt, attr):
+        return gd(w, prompt, neutral_prompt_for(attr), alpha=alpha, beta=beta).images
+
+    res = score_prompts("global_directions", edit, judge, w_plus, pred, n_faces, prompts).summary()
     res.update(alpha=alpha, beta=beta)
     return res
 
@@ -114,17 +124,13 @@ def evaluate_global(models, judge, w_plus, pred, n_faces: int, alpha: float = 4.
 def evaluate_optimization(models, judge, w_plus, pred, n_faces: int, steps: int = 40, l2_lambda: float = 0.008,
                           prompts=EDIT_PROMPTS) -> dict:
     opt = models.optimizer()
-    score = MethodScore("latent_optimization")
-    for prompt, attr, value in prompts:
-        idx = _candidates(pred, attr, value, n_faces)
-        if not len(idx):
-            continue
-        t = time.time()
-        res = opt(prompt, w_plus[idx], steps=steps, l2_lambda=l2_lambda, progress=False)
-        score.add(prompt, *score_edits(judge, pred, idx, res.images, attr, value), time.time() - t)
-    out = score.summary()
-    out.update(steps=steps, l2_lambda=l2_lambda)
-    return out
+
+    def edit(w, prompt, attr):
+        return opt(prompt, w, steps=steps, l2_lambda=l2_lambda, progress=False).images
+
+    res = score_prompts("latent_optimization", edit, judge, w_plus, pred, n_faces, prompts).summary()
+    res.update(steps=steps, l2_lambda=l2_lambda)
+    return res
 
 
 def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", attr: str = "hair_color", value: str = "purple",
