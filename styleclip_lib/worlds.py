@@ -21,6 +21,10 @@ __all__ = ["ModelSet", "load_models", "MODEL_SETS"]
 #: truncation for random source faces.  The reference samples with 0.7; the toy generator's W is an
 #: affine image of discrete attributes, where truncation blends them (half-purple hair), so 1.0.
 DEFAULT_TRUNCATION = {"toy": 1.0, "ffhq": 0.7}
+#: prompt templates for global directions' text embeddings.  The reference averages OpenAI CLIP over
+#: the 79 ImageNet templates ("a bad photo of a {}."); the toy CLIP only knows its caption language,
+#: in which those sentences are noise, so the toy prompt is embedded as it is.
+TEXT_TEMPLATES = {"toy": ("{}",)}
 
 MODEL_SETS: dict[str, dict[str, str]] = {
     "toy": {"generator": "toy", "clip": "toy", "identity": "toy", "encoder": "toy", "fs3": "toy-fs3"},
@@ -107,7 +111,8 @@ class ModelSet:
 
         def build():
             mean, std = self.style_statistics()
-            return GlobalDirections(self.generator, self.clip, fs3=self.fs3_path(), style_mean=mean, style_std=std)
+            extra = {"templates": TEXT_TEMPLATES[self.name]} if self.name in TEXT_TEMPLATES else {}
+            return GlobalDirections(self.generator, self.clip, fs3=self.fs3_path(), style_mean=mean, style_std=std, **extra)
 
         return self._get("global_directions", build)
 

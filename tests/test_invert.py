@@ -284,9 +284,9 @@ def test_toy_faces_invert_with_their_attributes(toy):
     assert enc.id_similarity is not None and enc.id_similarity.mean() > 0.5
     assert enc.psnr.mean() > 18
     # a few projection steps from the encoder's code: better pixels, and the judge reads every
-    # attribute of the target in the reconstruction for most faces.  The target is 90 %;
-    # the v0 toy generator draws mouths too softly (measured 0.83 here), hence the 0.75 floor.
+    # attribute of the target in the reconstruction for at least 90 % of the faces (the issue's
+    # target; measured 0.98 on 60 faces with the shipped weights, encoder alone 0.82).
     ref = invert(images, models, "encoder+projection", steps=25)
     assert torch.all(ref.mse <= ref.initial_metrics["mse"] + 1e-4) and ref.mse.mean() < 0.9 * enc.mse.mean()
     ok = _judge_agrees(judge, ref.reconstruction, faces)
-    assert ok.mean() >= 0.75, (ok.mean(), _judge_agrees(judge, enc.reconstruction, faces).mean())
+    assert ok.mean() >= 0.9, (ok.mean(), _judge_agrees(judge, enc.reconstruction, faces).mean())

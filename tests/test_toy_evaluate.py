@@ -33,3 +33,17 @@ def test_judge_metrics_are_computed_not_assumed():
 def test_weights_path_errors():
     with pytest.raises(FileNotFoundError, match="toy-foo"):
         weights_path("toy-foo")
+
+
+def test_toy_weights_folder_can_be_overridden(tmp_path, monkeypatch):
+    """``STYLECLIP_TOY_WEIGHTS`` points every toy loader at a retrained folder (``train --out``)."""
+    import shutil
+
+    import styleclip_lib as sc
+
+    shutil.copy(weights_path("toy-generator"), tmp_path / "generator.pt")
+    monkeypatch.setenv("STYLECLIP_TOY_WEIGHTS", str(tmp_path))
+    assert weights_path("toy", kind="generator") == tmp_path / "generator.pt"
+    assert sc.load_generator("toy").size == 64
+    with pytest.raises(FileNotFoundError, match="clip.pt"):  # not in the override folder
+        weights_path("toy-clip")

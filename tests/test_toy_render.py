@@ -170,6 +170,24 @@ def test_params_from_normal_uniform():
     assert np.allclose(R.normal_cdf(np.array([-1.0, 0.0, 1.96])), [0.158655, 0.5, 0.975002], atol=1e-6)
 
 
+def test_faces_from_z_reads_the_pixel_normalised_latent():
+    import torch
+
+    from styleclip_lib.models.stylegan2 import PixelNorm
+
+    z = torch.randn(500, 128, generator=torch.Generator().manual_seed(3))
+    faces = R.faces_from_z(z)
+    # the mapping network sees PixelNorm(z): scaling z must not change the face ...
+    again = R.faces_from_z(z * 1.7)
+    assert (faces.disc == again.disc).all() and np.allclose(faces.cont, again.cont, atol=1e-6)
+    # ... and the face is params_from_normal of the normalised numbers, not of the raw ones
+    u = PixelNorm()(z).double().numpy()[:, : R.LATENT_FACTORS]
+    assert (R.params_from_normal(u).disc == faces.disc).all()
+    assert (R.params_from_normal(z.double().numpy()[:, : R.LATENT_FACTORS]).disc != faces.disc).any()
+    with pytest.raises(ValueError, match="expected latents"):
+        R.faces_from_z(np.zeros((2, R.LATENT_FACTORS - 1)))
+
+
 def test_sample_params_uniform_and_seeded():
     b = R.sample_params(7000, seed=5)
     for attr, values in ATTRIBUTES.items():

@@ -48,3 +48,31 @@ def test_generator_stage_resumes_exactly(tmp_path):
     assert resumed["step"] == 3
     for k, v in straight["modules"]["g"].items():
         torch.testing.assert_close(resumed["modules"]["g"][k], v, msg=k)
+
+
+def test_hard_negative_captions_differ_in_what_they_state():
+    """Each face gets a true caption and a counterfactual one; the truth matrix, not the strings,
+    says which caption fits which face, so the contrastive targets are never wrong."""
+    import numpy as np
+
+    from styleclip_lib.toy import captions as C
+    from styleclip_lib.toy import render as R
+    from styleclip_lib.toy.train import caption_truth, captions_with_hard_negatives, multi_positive_clip_loss
+
+    faces = R.sample_params(40, seed=1)
+    texts, stated = captions_with_hard_negatives(faces, np.random.default_rng(0))
+    assert len(texts) == len(stated) == 80
+    pos = caption_truth(stated, faces)
+    assert pos[:40].diagonal().all()                       # every true caption fits its face
+    # most counterfactuals contradict their own face (the rest re-drew which attributes to state
+    # and left the swapped one out: about 12 %; the truth matrix then counts them as positives)
+    assert pos[40:].diagonal().float().mean() <= 0.25
+    for t, s, f in zip(texts, stated, list(faces) * 2):     # the stated sets are what the text says
+        assert set(C.parse_prompt(t)) == s
+        assert C.is_true_of(t, f) == (s <= C.true_attributes(f))
+    # a caption true of no face in the batch adds no text→image term (no NaN)
+    logits = torch.randn(80, 40, requires_grad=True)
+    loss = multi_positive_clip_loss(logits, pos)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert (logits.grad[40:][pos[40:].sum(1) == 0] != 0).any()  # still negatives for the images

@@ -38,8 +38,11 @@ def weights_path(name: str = "toy", kind: str | None = None):
 
     ``name`` is ``'toy'`` (the loader's ``kind`` picks the file: ``load_generator('toy')`` →
     ``generator.pt``) or ``'toy-<part>'`` (``'toy-clip'``, ``'toy-judge'``, ...).  The weights are
-    made by ``python -m styleclip_lib.toy.train`` and ship inside the package.
+    made by ``python -m styleclip_lib.toy.train`` and ship inside the package; the environment
+    variable ``STYLECLIP_TOY_WEIGHTS`` points every loader at another folder (e.g. your own
+    ``--out`` of the training script) instead.
     """
+    import os
     from pathlib import Path
 
     part = name.lower().replace("_", "-")
@@ -48,7 +51,8 @@ def weights_path(name: str = "toy", kind: str | None = None):
         raise FileNotFoundError(
             f"unknown toy-world model {name!r} (kind {kind!r}); expected 'toy' with one of the loaders, "
             f"or one of: {', '.join('toy-' + k for k in _WEIGHT_FILES)}")
-    path = Path(__file__).resolve().parent / "weights" / _WEIGHT_FILES[part]
+    folder = os.environ.get("STYLECLIP_TOY_WEIGHTS") or Path(__file__).resolve().parent / "weights"
+    path = Path(folder) / _WEIGHT_FILES[part]
     if not path.exists():
         raise FileNotFoundError(
             f"toy-world weights {path} are missing from this installation; train them with "

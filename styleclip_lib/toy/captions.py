@@ -259,7 +259,7 @@ def _pick(rng: np.random.Generator, seq: Sequence[str]) -> str:
 
 
 def caption(params: Union[FaceParams, Mapping], rng: Union[np.random.Generator, int, None] = None,
-            n_attrs: int | None = None, return_attrs: bool = False):
+            n_attrs: int | None = None, return_attrs: bool = False, include: str | None = None):
     """A random true caption of the face, e.g. "a smiling person with violet
     hair and glasses" or "a face with blue eyes on a pink background".
 
@@ -267,13 +267,17 @@ def caption(params: Union[FaceParams, Mapping], rng: Union[np.random.Generator, 
     chosen at random with "plain" values (short hair, neutral mouth, no
     glasses, no beard) less likely.  With ``return_attrs`` also returns the
     set of ``(attr, value)`` pairs the caption states (which is exactly what
-    :func:`parse_prompt` recovers from it)."""
+    :func:`parse_prompt` recovers from it).  ``include`` names an attribute the
+    caption must state (when it is observable)."""
     p = _as_params(params)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     obs = [a for a in ATTRIBUTES if observable(a, p)]
     k = int(rng.integers(1, len(obs) + 1)) if n_attrs is None else max(1, min(int(n_attrs), len(obs)))
     w = np.array([_DEFAULT_WEIGHT if DEFAULT_VALUES[a] == p.value(a) else 1.0 for a in obs])
     chosen = set(rng.choice(len(obs), size=k, replace=False, p=w / w.sum()).tolist())
+    if include is not None and include in obs and obs.index(include) not in chosen:
+        chosen.discard(max(chosen))
+        chosen.add(obs.index(include))
     chosen_attrs = [a for i, a in enumerate(obs) if i in chosen]
     val = {a: p.value(a) for a in ATTRIBUTES}
     stated: set[AttrValue] = {(a, val[a]) for a in chosen_attrs}

@@ -100,7 +100,7 @@ def evaluate_generator(g, judge, n: int, seed: int, truncation: float = 1.0) -> 
     z = torch.randn(n, g.w_dim, generator=torch.Generator().manual_seed(seed))
     imgs = torch.cat([g.synthesis(g.mapping(z[a:b], truncation=truncation)) for a, b in _batches(n, 128)])
     pred = judge_predictions(judge, imgs)
-    intended = R.params_from_normal(z[:, : R.LATENT_FACTORS].double().numpy())
+    intended = R.faces_from_z(z)
     # hair colour counts only where the judge sees hair (bald without beard hides it)
     bald = pred["hair_style"] == R.ATTRIBUTES["hair_style"].index("bald")
     beard = pred["beard"] == R.ATTRIBUTES["beard"].index("yes")
@@ -206,6 +206,10 @@ def main(argv=None) -> int:
     ap.add_argument("--opt-steps", type=int, default=40)
     ap.add_argument("--mapper-steps", type=int, default=300)
     a = ap.parse_args(argv)
+    if Path(a.weights).resolve() != WEIGHTS_DIR.resolve():
+        import os
+
+        os.environ["STYLECLIP_TOY_WEIGHTS"] = str(a.weights)  # the method pipelines load through weights_path
     report = evaluate(Path(a.weights), a.n, a.seed)
     methods = [m for m in a.methods.split(",") if m]
     if methods:

@@ -125,11 +125,11 @@ class ToyEncoder(nn.Module):
     the base), which keeps inversions editable (close to W).
     """
 
-    def __init__(self, num_ws: int, w_dim: int, image_size: int = 64, width: int = 24):
+    def __init__(self, num_ws: int, w_dim: int, image_size: int = 64, width: int = 24, pool: int = 2):
         super().__init__()
-        self.num_ws, self.w_dim = num_ws, w_dim
+        self.num_ws, self.w_dim, self.pool = num_ws, w_dim, pool
         self.trunk = ConvTrunk(image_size, width)
-        f = self.trunk.out_channels * 4
+        f = self.trunk.out_channels * pool * pool
         self.base = nn.Sequential(nn.Flatten(), nn.Linear(f, 256), nn.SiLU(), nn.Linear(256, w_dim))
         self.deltas = nn.Sequential(nn.Flatten(), nn.Linear(f, 128), nn.SiLU(), nn.Linear(128, num_ws * w_dim))
         self.register_buffer("latent_avg", torch.zeros(w_dim))
@@ -137,13 +137,20 @@ class ToyEncoder(nn.Module):
     @property
     def config(self) -> dict:
         return {"num_ws": self.num_ws, "w_dim": self.w_dim, "image_size": self.trunk.image_size,
-                "width": self.trunk.width}
+                "width": self.trunk.width, "pool": self.pool}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = F.adaptive_avg_pool2d(self.trunk(x), 2)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled trunk features ``(N, C, pool, pool)``: a grid keeps *where* things are, so small
+        parts (irises, the mouth line) are not averaged away with the whole face."""
+        return F.adaptive_avg_pool2d(self.trunk(x), self.pool)
+
+    def from_features(self, f: torch.Tensor) -> torch.Tensor:
         base = self.base(f)[:, None, :]
         delta = 0.1 * self.deltas(f).view(-1, self.num_ws, self.w_dim)
         return self.latent_avg + base + delta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.from_features(self.features(x))
 
 
 _KINDS = {"judge": Judge, "identity": IdentityNet, "encoder": ToyEncoder}

@@ -41,7 +41,7 @@ import numpy as np
 __all__ = [
     "ATTRIBUTES", "ATTR_NAMES", "IDENTITY", "LATENT_FACTORS", "VECTOR_DIM",
     "DEFAULT_VALUES", "EYE_Y", "FaceParams", "FaceBatch", "sample_params",
-    "params_from_normal", "normal_cdf", "observable", "observable_mask",
+    "params_from_normal", "faces_from_z", "normal_cdf", "observable", "observable_mask",
     "render", "render_batch", "landmarks", "landmarks_batch", "make_grid",
     "value_index", "value_name",
 ]
@@ -309,6 +309,20 @@ def params_from_normal(u: np.ndarray) -> FaceBatch:
     disc = np.minimum(np.floor(p[:, :na] * _N_VALUES), _N_VALUES - 1).astype(np.int64)
     cont = np.clip(p[:, na:], 0.0, 1.0).astype(np.float32)
     return FaceBatch(disc, cont)
+
+
+def faces_from_z(z) -> FaceBatch:
+    """The face a toy-generator latent ``z`` ``(n, z_dim)`` draws.
+
+    StyleGAN2's mapping network starts with PixelNorm, ``z / rms(z)``, so it never sees the length
+    of ``z``: a face defined by the raw numbers would be ambiguous at every bin edge (the edge moves
+    by ``rms(z)``, about ±6% for 128 dims).  The face is therefore read from the *normalised*
+    latent's first ``LATENT_FACTORS`` numbers, which are still standard normal for large ``z_dim``."""
+    z = np.asarray(z.detach().cpu().double().numpy() if hasattr(z, "detach") else z, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] < LATENT_FACTORS:
+        raise ValueError(f"expected latents (n, >= {LATENT_FACTORS}), got {z.shape}")
+    u = z / np.sqrt(np.mean(z * z, axis=1, keepdims=True) + 1e-8)
+    return params_from_normal(u[:, :LATENT_FACTORS])
 
 
 def observable(attr: str, params: FaceParams | Mapping) -> bool:
