@@ -1,7 +1,8 @@
 """The shipped toy world: loaders return the trained models, and they are good enough to edit with.
 
-Loose floors only (the full figures come from ``python -m styleclip_lib.toy.evaluate``): a broken
-or truncated checkpoint, or a renderer that drifted from what the models learnt, fails here.
+Floors a little under what the shipped weights measure on these small samples (the full figures
+come from ``python -m styleclip_lib.toy.evaluate``): a broken or truncated checkpoint, a renderer
+that drifted from what the models learnt, or a regression in a retrained world fails here.
 """
 import numpy as np
 import pytest
@@ -30,22 +31,22 @@ def test_loaders_return_the_shipped_models(world):
 
 def test_judge_reads_fresh_renders(world):
     res = E.evaluate_judge(world["judge"], 96, seed=99)
-    assert min(v for k, v in res["accuracy"].items() if k != "all_attributes") >= 0.9, res
+    assert min(v for k, v in res["accuracy"].items() if k != "all_attributes") >= 0.97, res  # measured 1.0
 
 
 def test_generator_samples_look_like_renders(world):
     res = E.evaluate_generator(world["g"], world["judge"], 96, seed=98)
-    assert res["confident_all_attributes"] >= 0.25, res
+    assert res["confident_all_attributes"] >= 0.75, res  # measured 0.85 (issue target 0.9, see the note)
     # the intended (renderer) attributes of z are what the judge sees
     agree = res["agreement_with_intended"]
-    assert np.mean([agree[a] for a in R.ATTR_NAMES]) >= 0.8, agree
+    assert np.mean([agree[a] for a in R.ATTR_NAMES]) >= 0.95, agree  # measured 0.99
 
 
 def test_clip_retrieves_single_attributes(world):
     res = E.evaluate_clip(world["clip"], 96, seed=97)
-    assert res["image_to_text_mean"] >= 0.6, res
-    # colours are the easy part of the caption language: a broken CLIP fails them first
-    assert min(res["image_to_text_top1"][a] for a in ("hair_color", "skin_tone", "background")) >= 0.8, res
+    assert res["image_to_text_mean"] >= 0.9 and res["text_to_image_mean"] >= 0.9, res  # measured 0.99 / 1.0
+    # every attribute, the few-pixel ones (eye colour, mouth: 0.94) included
+    assert min(res["image_to_text_top1"].values()) >= 0.8, res
 
 
 def test_global_directions_edit_the_hair_colour(world):
@@ -62,8 +63,8 @@ def test_global_directions_edit_the_hair_colour(world):
 def test_encoder_inverts_renders(world):
     res = E.evaluate_encoder(world["g"], sc.load_e4e("toy"), world["judge"], 48, seed=96)
     agree = res["judge_agreement"]
-    assert np.mean([agree[a] for a in R.ATTR_NAMES]) >= 0.75, agree
-    assert res["mse"] < 0.05, res
+    assert np.mean([agree[a] for a in R.ATTR_NAMES]) >= 0.95, agree  # measured 0.99
+    assert res["mse"] < 0.02, res  # measured 0.007
 
 
 def test_method_evaluator_scores_edits(world):
