@@ -80,3 +80,12 @@ def test_method_evaluator_scores_edits(world):
     assert res["per_prompt"]["blue hair"]["success"] >= 0.3  # measured 0.7 in the closing note
     res = evaluate_optimization(models, world["judge"], w, pred, 2, steps=2, prompts=prompts[:1])
     assert res["edits"] == 2 and res["steps"] == 2
+
+
+def test_mapper_evaluator_trains_and_scores_held_out_faces(world):
+    from styleclip_lib.toy.evaluate_methods import evaluate_mapper
+
+    models = sc.load_models("toy", "cpu")
+    res = evaluate_mapper(models, world["judge"], 4, steps=2)
+    assert res["method"] == "latent_mapper" and res["train_steps"] == 2 and res["prompt"] == "purple hair"
+    assert 0 < res["edits"] <= 4 and 0 <= res["success_rate"] <= 1 and res["identity_drift"] >= 0

@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     ap.add_argument("--alpha", type=float, default=4.1)
     ap.add_argument("--beta", type=float, default=0.15)
     ap.add_argument("--opt-steps", type=int, default=40)
-    ap.add_argument("--mapper-steps", type=int, default=300)
+    ap.add_argument("--mapper-steps", type=int, default=1000)
     a = ap.parse_args(argv)
     if Path(a.weights).resolve() != WEIGHTS_DIR.resolve():
         import os

@@ -134,8 +134,10 @@ def evaluate_optimization(models, judge, w_plus, pred, n_faces: int, steps: int 
 
 
 def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", attr: str = "hair_color", value: str = "purple",
-                    steps: int = 300, seed: int = 7, exp_dir=None) -> dict:
-    """Train one mapper on sampled latents, then score it on held-out faces (other seed)."""
+                    steps: int = 1000, seed: int = 7, exp_dir=None) -> dict:
+    """Train one mapper on sampled latents (the reference optimiser: Ranger, lr 0.5; measured on
+    "purple hair" at 1000 steps it matches Adam 0.05's success with half the collateral), then
+    score it on held-out faces (other seed)."""
     import tempfile
 
     from ..methods.mapper import LatentMapperEdit, MapperTrainer
@@ -143,7 +145,7 @@ def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", at
     g = models.generator
     t = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = MapperTrainer(g, models.clip, description=prompt, optimizer="adam", learning_rate=0.01, batch_size=8,
+        trainer = MapperTrainer(g, models.clip, description=prompt, optimizer="ranger", learning_rate=0.5, batch_size=8,
                                 max_steps=steps, val_interval=steps, save_interval=steps, image_interval=steps,
                                 num_samples=2000, num_val_samples=64, id_lambda=0.0, exp_dir=exp_dir or tmp, seed=seed)
         result = trainer.train(progress=False)
