@@ -125,6 +125,19 @@ def test_text_is_causal(vit, vit_golden):
         torch.testing.assert_close(vit.encode_text(tokens), vit_golden["text_features"][:2], **TOL)
 
 
+def test_padding_trim_equals_the_full_context(vit, vit_golden):
+    """encode_text runs the text tower only up to the last EOT of the batch; the reference runs all
+    77 positions.  Same features, for a batch of prompts of different lengths."""
+    tokens = vit_golden["tokens"]
+    tokens = tokens[tokens.argmax(-1) < 70]  # the goldens also hold one full-length prompt
+    eot = tokens.argmax(-1)
+    assert len(tokens) >= 4 and len(set(eot.tolist())) > 1
+    with torch.no_grad():
+        x = vit.ln_final(vit.transformer(vit.text_embed(tokens)))
+        full = x[torch.arange(len(tokens)), eot] @ vit.text_projection
+        torch.testing.assert_close(vit.encode_text(tokens), full, **TOL)
+
+
 def test_half_precision_runs(vit_sd, vit_golden):
     m = build_model(vit_sd, dtype=torch.float16)
     assert m.dtype == torch.float16
