@@ -14,7 +14,8 @@ Stages (each seeded, resumable from ``--workdir``, with a progress bar):
 4. ``encoder``   e4e-like ``ToyEncoder`` image → W+, supervised by the true W+ of generator samples
                  and by reconstruction through the frozen generator.
 5. ``clip``      the same ``CLIP`` class (ViT, real BPE tokenizer, context 77), contrastive on renders
-                 and template captions.
+                 and template captions (every true pair a positive, one hard-negative caption per image);
+   ``clip_pairs`` continues it on minimal image pairs (a face and a twin differing in one attribute).
 6. ``fs3``       global-directions preprocessing of the toy generator with the toy CLIP
                  (StyleSpace statistics + channel relevance), shipped as ``fs3.npy``.
 
@@ -45,7 +46,7 @@ GENERATOR_CONFIG = dict(size=IMAGE_SIZE, style_dim=128, n_mlp=4, channels={4: 12
 CLIP_CONFIG = dict(embed_dim=64, image_resolution=IMAGE_SIZE, vision_layers=4, vision_width=128, vision_patch_size=8,
                    context_length=77, vocab_size=49408, transformer_width=128, transformer_heads=2, transformer_layers=3)
 
-# Steps per stage (full run: about 45 min on 2 CPU cores) and the tiny smoke-test schedule.
+# Steps per stage (full run: about 1 h 50 min on 2 CPU cores; generator ~42, CLIP ~35) and the tiny smoke-test schedule.
 FULL_STEPS = dict(judge=1500, identity=1500, generator=7500, mapping=20000, encoder=1500, clip=2200, clip_pairs=600, fs3=32)
 TINY_STEPS = dict(judge=3, identity=3, generator=3, mapping=3, encoder=3, clip=3, clip_pairs=2, fs3=2)
 #: (top, bottom, left, right) of the eyes-to-mouth region, as fractions of the image size
