@@ -47,7 +47,7 @@ CLIP_CONFIG = dict(embed_dim=64, image_resolution=IMAGE_SIZE, vision_layers=4, v
                    context_length=77, vocab_size=49408, transformer_width=128, transformer_heads=2, transformer_layers=3)
 
 # Steps per stage (full run: about 1 h 50 min on 2 CPU cores; generator ~42, CLIP ~35) and the tiny smoke-test schedule.
-FULL_STEPS = dict(judge=1500, identity=1500, generator=7500, mapping=20000, encoder=1500, clip=2200, clip_pairs=600, fs3=32)
+FULL_STEPS = dict(judge=1500, identity=1500, generator=7500, mapping=20000, encoder=2250, clip=2200, clip_pairs=600, fs3=32)
 TINY_STEPS = dict(judge=3, identity=3, generator=3, mapping=3, encoder=3, clip=3, clip_pairs=2, fs3=2)
 #: (top, bottom, left, right) of the eyes-to-mouth region, as fractions of the image size
 FACE_DETAIL_BOX = (0.34, 0.80, 0.22, 0.78)
