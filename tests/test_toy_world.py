@@ -89,3 +89,17 @@ def test_mapper_evaluator_trains_and_scores_held_out_faces(world):
     res = evaluate_mapper(models, world["judge"], 4, steps=2)
     assert res["method"] == "latent_mapper" and res["train_steps"] == 2 and res["prompt"] == "purple hair"
     assert 0 < res["edits"] <= 4 and 0 <= res["success_rate"] <= 1 and res["identity_drift"] >= 0
+
+
+def test_toy_clip_ships_only_its_vocabulary_rows(world):
+    """clip.pt stores the token embedding sparsely (the ~120 rows the caption language uses); the
+    loader densifies it, and every caption-language token has a trained (non-zero) row."""
+    from styleclip_lib.toy.train import caption_vocabulary
+
+    sd = torch.load(weights_path("toy-clip"), weights_only=True)
+    assert sd["token_embedding.weight"].is_sparse
+    emb = world["clip"].token_embedding.weight
+    assert emb.shape == (49408, 64 * 2) and not emb.is_sparse
+    used = torch.tensor(caption_vocabulary(n_faces=2000))
+    assert (emb[used].norm(dim=1) > 0).all()
+    assert int((emb.norm(dim=1) > 0).sum()) < 200

@@ -437,7 +437,8 @@ def _unwrap(obj: Any, source: Any) -> dict[str, torch.Tensor]:
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(source, f"{describe(sd)} whose entry {bad[0]!r} is not a tensor", _EXPECTED)
-    return sd
+    # a small model may store its token embedding sparsely (only the rows its vocabulary uses)
+    return {k: v.to_dense() if v.is_sparse else v for k, v in sd.items()}
 
 
 def _load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], dtype: torch.dtype, source: Any, expected: str) -> nn.Module:

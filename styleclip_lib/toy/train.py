@@ -511,6 +511,31 @@ def compute_toy_fs3(g, clip_model, workdir: Path, n_images: int, quiet: bool, st
 
 # --------------------------------------------------------------------------- export
 
+def caption_vocabulary(n_faces: int = 20000, seed: int = 0) -> list[int]:
+    """Token ids of the toy caption language: every token of the training captions (all lengths),
+    the edit prompts with their synonyms and the neutral prompts, plus SOT/EOT."""
+    from ..tokenizer import tokenize
+    from . import captions as C
+
+    faces = R.sample_params(n_faces, seed=seed)
+    rng = np.random.default_rng(seed)
+    texts = [C.caption(p, rng) for p in faces] + [C.caption(p, rng, n_attrs=1) for p in faces]
+    texts += [t for t, _, _ in C.EDIT_PROMPT_SYNONYMS] + [C.neutral_prompt_for(a) for a in R.ATTRIBUTES]
+    return sorted(set(tokenize(texts).unique().tolist()))
+
+
+def sparse_token_embedding(weight: torch.Tensor) -> torch.Tensor:
+    """The (49408, width) token embedding with only the caption vocabulary's rows (~120) kept.
+
+    The other rows never received a gradient (AdamW without decay on embeddings), so they are
+    still their random initialisation: 12 MB of noise in fp16.  Stored sparse they cost nothing;
+    a word outside the toy language then embeds as zeros instead of noise."""
+    rows = torch.tensor(caption_vocabulary())
+    dense = torch.zeros_like(weight)
+    dense[rows] = weight[rows]
+    return dense.to_sparse()
+
+
 def export(models: dict, out_dir: Path = WEIGHTS_DIR) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -526,6 +551,7 @@ def export(models: dict, out_dir: Path = WEIGHTS_DIR) -> dict[str, Path]:
         # fp16 like OpenAI's archives (plus the token embedding: half the file); LayerNorms and the
         # logit scale stay fp32.  The loader casts everything to the requested dtype.
         sd = {k: (v.half() if v.is_floating_point() and k != "logit_scale" and "ln" not in k else v) for k, v in m.state_dict().items()}
+        sd["token_embedding.weight"] = sparse_token_embedding(sd["token_embedding.weight"])
         paths["clip"] = out_dir / "clip.pt"
         torch.save(sd, paths["clip"])
     if "fs3" in models:
