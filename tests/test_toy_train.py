@@ -76,3 +76,49 @@ def test_hard_negative_captions_differ_in_what_they_state():
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
     assert (logits.grad[40:][pos[40:].sum(1) == 0] != 0).any()  # still negatives for the images
+
+
+def test_style_ownership_confines_each_group_to_its_own_channels():
+    """With :func:`train.own_styles`, the W dimensions and style channels of one part of the face
+    description depend on that part only (and stay so through training and export)."""
+    from styleclip_lib.models.stylegan2 import Generator
+    from styleclip_lib.toy import render as R
+
+    torch.manual_seed(0)
+    g = Generator(**train.GENERATOR_CONFIG)
+    embed = torch.nn.Linear(R.VECTOR_DIM, g.w_dim)
+    owned = train.own_styles(g, embed)
+    opt = torch.optim.Adam([p for m in owned for p in m.parameters()], lr=0.1)
+    loss = sum(m(torch.randn(3, m.weight.shape[1])).square().mean() for m in owned)
+    loss.backward()
+    opt.step()  # dense gradients, yet the masked entries stay zero
+    train.release_styles(owned)
+    assert "weight" in dict(embed.named_parameters()) and not any("parametrizations" in k for k in g.state_dict())
+
+    cols, w_groups = train.description_slices(), train.group_slices(g.w_dim)
+    assert sorted(cols) == sorted(w_groups) == sorted(train.STYLE_GROUPS)
+    v = torch.rand(1, R.VECTOR_DIM, requires_grad=True)
+    w = embed(v)
+    for name, rows in w_groups.items():
+        (grad,) = torch.autograd.grad(w[0, rows].sum(), v, retain_graph=True)
+        assert grad[0, cols[name]].abs().sum() > 0
+        outside = torch.ones(R.VECTOR_DIM, dtype=torch.bool)
+        outside[cols[name]] = False
+        assert grad[0, outside].abs().max() == 0, name
+
+    w = torch.randn(1, g.w_dim, requires_grad=True)
+    for _, conv, _, _ in g.style_layers():
+        s = conv.modulation(w)
+        for name, chans in train.group_slices(s.shape[1]).items():
+            (grad,) = torch.autograd.grad(s[0, chans].sum(), w, retain_graph=True)
+            outside = torch.ones(g.w_dim, dtype=torch.bool)
+            outside[w_groups[name]] = False
+            assert grad[0, outside].abs().max() == 0 and grad[0, w_groups[name]].abs().sum() > 0, name
+
+
+def test_group_slices_partition_every_layer():
+    for n in (32, 64, 96, 128):
+        sl = train.group_slices(n)
+        sizes = [s.stop - s.start for s in sl.values()]
+        assert sum(sizes) == n and min(sizes) >= 1 and list(sl.values())[-1].stop == n
+        assert [s.start for s in sl.values()][1:] == [s.stop for s in sl.values()][:-1]

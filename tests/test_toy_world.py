@@ -36,7 +36,7 @@ def test_judge_reads_fresh_renders(world):
 
 def test_generator_samples_look_like_renders(world):
     res = E.evaluate_generator(world["g"], world["judge"], 96, seed=98)
-    assert res["confident_all_attributes"] >= 0.75, res  # measured 0.85 (issue target 0.9, see the note)
+    assert res["confident_all_attributes"] >= 0.75, res  # measured 0.87 (issue target 0.9, see the note)
     # the intended (renderer) attributes of z are what the judge sees
     agree = res["agreement_with_intended"]
     assert np.mean([agree[a] for a in R.ATTR_NAMES]) >= 0.95, agree  # measured 0.99
@@ -103,3 +103,21 @@ def test_toy_clip_ships_only_its_vocabulary_rows(world):
     used = torch.tensor(caption_vocabulary(n_faces=2000))
     assert (emb[used].norm(dim=1) > 0).all()
     assert int((emb.norm(dim=1) > 0).sum()) < 200
+
+
+def test_shipped_generator_keeps_style_ownership(world):
+    """Every style channel of the shipped generator reads only the W dimensions of its owner
+    (``toy.train.own_styles``): moving the hair-colour block of W moves hair-colour channels only."""
+    from styleclip_lib.toy import train as T
+
+    g = world["g"]
+    w_groups = T.group_slices(g.w_dim)
+    w = g.mapping(torch.randn(4, g.w_dim, generator=torch.Generator().manual_seed(3)))
+    w2 = w.clone()
+    w2[:, w_groups["hair_color"]] += torch.randn_like(w2[:, w_groups["hair_color"]])
+    for _, conv, _, _ in g.style_layers():
+        moved = (conv.modulation(w2) - conv.modulation(w)).abs().amax(0)
+        own = T.group_slices(moved.numel())["hair_color"]
+        assert moved[own].min() > 0
+        moved[own] = 0
+        assert moved.max() < 1e-3 * (conv.modulation(w2) - conv.modulation(w)).abs().max()
