@@ -122,3 +122,32 @@ def test_group_slices_partition_every_layer():
         sizes = [s.stop - s.start for s in sl.values()]
         assert sum(sizes) == n and min(sizes) >= 1 and list(sl.values())[-1].stop == n
         assert [s.start for s in sl.values()][1:] == [s.stop for s in sl.values()][:-1]
+
+
+def test_global_edit_codes_move_one_attribute_to_its_argmax():
+    import numpy as np
+
+    from styleclip_lib.toy import render as R
+
+    faces = R.sample_params(200, seed=4)
+    rng = np.random.default_rng(0)
+    vectors, shown = train.global_edit_codes(faces, rng, p=0.5, strength=(1.25, 4.0))
+    cols = train.description_slices()
+    changed = (shown.disc != faces.disc).sum(1)
+    assert set(np.unique(changed)) == {0, 1}          # one attribute per edited face, at most
+    assert 0.3 < changed.mean() < 0.7                 # about p of the faces
+    np.testing.assert_array_equal(R.FaceBatch.from_vectors(vectors).disc, shown.disc)  # the code's argmax is the shown value
+    assert np.allclose(shown.cont, faces.cont)
+    for i in np.nonzero(changed)[0]:
+        a = int(np.nonzero(shown.disc[i] != faces.disc[i])[0][0])
+        name = R.ATTR_NAMES[a]
+        code = vectors[i, cols[name]]
+        s, t = faces.disc[i, a], shown.disc[i, a]
+        step = (code - np.eye(len(code))[s])
+        k = step[t] / (1 - 1 / len(code))
+        assert 1.25 - 1e-5 <= k <= 4.0 + 1e-5
+        # the same step from every source: k·(e_t - 1/V)
+        np.testing.assert_allclose(step, k * (np.eye(len(code))[t] - 1 / len(code)), atol=1e-5)
+    untouched = changed == 0
+    np.testing.assert_array_equal(vectors[untouched], faces.to_vectors()[untouched])
+

@@ -57,6 +57,9 @@ FACE_DETAIL_BOX = (0.34, 0.80, 0.22, 0.78)
 MOUTH_BOX = (0.58, 0.80, 0.34, 0.66)
 #: both eyes (on the fixed eye line at 45 % of the height, whatever the spacing): the irises' colour
 EYE_BOX = (0.38, 0.52, 0.28, 0.72)
+#: share of each generator batch whose codes are moved along a global attribute direction
+#: (:func:`global_edit_codes`)
+EDIT_CODE_SHARE = 0.4
 BATCH = dict(judge=48, identity=48, generator=32, encoder=32, clip=128)
 
 
@@ -313,6 +316,40 @@ def release_styles(modules) -> None:
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
 
 
+def global_edit_codes(faces: R.FaceBatch, rng: np.random.Generator, p: float = 0.5,
+                      strength: tuple[float, float] = (1.25, 4.0)) -> tuple[np.ndarray, R.FaceBatch]:
+    """Description vectors moved along global attribute directions, and the faces they should show.
+
+    For a share ``p`` of the faces one attribute's one-hot ``e_s`` becomes ``e_s + k·(e_t - 1/V)``
+    (``V`` values, ``k`` uniform in ``strength``): the source code plus ``k`` times the direction from
+    the attribute's mean code to value ``t``, the same step for every source.  Its largest
+    coefficient is ``t``'s for any ``k > 1``, and the target render shows ``t``.
+
+    Why: trained only on one-hot vertices, the decoder is undefined off them and blends the values
+    there (black hair + 2·(brown - mean) drew black or red), so a single global step cannot reach a
+    value from every source.  Real StyleGAN2 latents are close to linear in semantics (InterFaceGAN,
+    StyleSpace), which is what global directions exploit; this moves the toy W towards that, with
+    ``argmax`` as the meaning of an off-vertex code (as ``FaceBatch.from_vectors``).  Measured with
+    the exact code step ``2·E·(e_t - 1/V)`` on generator samples (25 prompts x 20 faces, judge):
+    success / collateral 0.70 / 0.19 without (v3), 0.79 / 0.09 with a share of 0.4 (v4); global
+    directions α 4.1 β 0.15 0.53 / 0.41 -> 0.57 / 0.30; generator confidence unchanged (0.87)."""
+    v = faces.to_vectors()
+    disc = faces.disc.copy()
+    n_values = [len(x) for x in R.ATTRIBUTES.values()]
+    offsets = np.concatenate([[0], np.cumsum(n_values)[:-1]])
+    for i in np.nonzero(rng.random(len(faces)) < p)[0]:
+        a = int(rng.integers(len(n_values)))
+        V, o, s = n_values[a], offsets[a], disc[i, a]
+        t = int(rng.choice([x for x in range(V) if x != s]))
+        k = rng.uniform(*strength)
+        code = np.zeros(V, np.float32)
+        code[s] = 1.0
+        code += k * (np.eye(V, dtype=np.float32)[t] - 1.0 / V)
+        v[i, o:o + V] = code
+        disc[i, a] = t
+    return v, R.FaceBatch(disc, faces.cont.copy())
+
+
 def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000):
     """Two supervised steps (see the module docstring).
 
@@ -342,8 +379,9 @@ def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000):
         for grp in opt.param_groups:
             grp["lr"] = base_lr * min(1.0, (i + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * i / max(steps, 1))))
         faces = R.sample_params(n, seed=int(rng.integers(2**31)))
-        target = render_tensor(faces)
-        w = embed(torch.from_numpy(faces.to_vectors()))
+        vectors, shown = global_edit_codes(faces, rng, p=EDIT_CODE_SHARE)
+        target = render_tensor(shown)
+        w = embed(torch.from_numpy(vectors))
         img = g.synthesis(w, noise_mode="const")
         loss = F.l1_loss(img, target) + F.mse_loss(img, target) + F.l1_loss(F.avg_pool2d(img, 4), F.avg_pool2d(target, 4))
         # measured at 6000 steps without the mouth term: 23 of 27 wrong attributes were smiles drawn as neutral
