@@ -29,11 +29,15 @@ conformance goldens of ``shared/conformance/global_directions``):
 * **No channel passes β** (``max|r| < β``): the reference divides 0 by 0 and every
   conv code becomes NaN.  :func:`channel_direction` returns a zero direction and
   ``num_channels == 0`` with a :class:`UserWarning`, so the edit is the identity.
+* **A constant channel** (σ = 0, so ±ασ changes nothing) gets a zero fs3 row instead
+  of the reference's 0/0 = NaN (:func:`fs3_from_features`).
 * **target == neutral / empty prompt**: the reference returns a NaN ``dt``; here
   :class:`ValueError`.
 * **fs3 preprocessing** defaults to ``variant='corrected'`` (see :func:`compute_fs3`);
   ``variant='reference'`` reproduces the original loop bit for bit in its
-  StyleSpace codes.
+  StyleSpace codes.  Rows are unit vectors as the reference by default;
+  ``normalize='magnitude'`` keeps each channel's mean effect (the paper's
+  E[ΔI_c · Δi]), which the toy world ships (see :func:`fs3_from_features`).
 * Arithmetic is float64 (the reference mixes float32 and, on GPU, float16 CLIP
   features); results agree with the float32 goldens to ~1e-6.
 * CLIP image preprocessing in :func:`clip_image_features` resizes with
@@ -69,6 +73,8 @@ __all__ = [
     "flatten_styles",
     "split_flat",
     "fs3_from_features",
+    "scale_fs3",
+    "FS3_NORMALIZATIONS",
     "style_statistics",
     "sample_styles",
     "to_uint8",
@@ -576,14 +582,32 @@ def apply_direction(styles: Sequence[torch.Tensor], boundary_layers: Sequence[to
 
 # ----------------------------------------------------------------------------- fs3
 
-def fs3_from_features(features: torch.Tensor) -> torch.Tensor:
+#: fs3 row normalisations (:func:`fs3_from_features`)
+FS3_NORMALIZATIONS = ("reference", "magnitude")
+
+
+def fs3_from_features(features: torch.Tensor, normalize: str = "reference") -> torch.Tensor:
     """``GetFs``: CLIP image features (C, n_images, 2, D) → fs3 (C, D).
 
     Index 0 of axis 2 is the −ασ image, index 1 the +ασ image.  Every feature is
-    L2-normalised, d = f̂[+] − f̂[−] is normalised, averaged over the images and
-    normalised again → unit rows.  Math in float64; returned as float32 (float64
-    for float64 input).
+    L2-normalised and d = f̂[+] − f̂[−].  Math in float64; returned as float32
+    (float64 for float64 input).
+
+    * ``normalize='reference'`` (the official code): each d is normalised, averaged
+      over the images and normalised again → unit rows.
+    * ``normalize='magnitude'``: the plain mean of d, E[ΔI_c] — the paper's relevance
+      R_c(Δi) = E[ΔI_c · Δi] (sec. 6) before any rescaling — so a channel that barely
+      changes the image gets a short row.  Why: unit rows give a near-inert channel a
+      full-length row of noise and generic-change directions; in the toy world (64-dim
+      CLIP, most channels weak) that made non-target channels as relevant as the target's
+      own (measured: 4.6 of the top 20 channels owned by the prompt's attribute with unit
+      rows, 5.7 with magnitude rows, and the kept set at half the top relevance 2-70 channels
+      instead of 2-363).  :func:`compute_fs3` then divides the whole matrix by its largest
+      row norm so that |fs3·dt| ≤ 1 and β keeps its [0, 1] range; this function returns the
+      unscaled means.
     """
+    if normalize not in FS3_NORMALIZATIONS:
+        raise ValueError(f"normalize: expected one of {FS3_NORMALIZATIONS}, got {normalize!r}")
     f = _as_tensor(features, "features")
     if f.ndim != 4 or f.shape[2] != 2:
         raise ValueError(f"features: expected shape (channels, n_images, 2, D), got {tuple(f.shape)}")
@@ -591,9 +615,25 @@ def fs3_from_features(features: torch.Tensor) -> torch.Tensor:
     f = f.to(_hi_dtype(f.device))
     f = f / f.norm(dim=-1, keepdim=True)
     d = f[:, :, 1] - f[:, :, 0]
-    d = d / d.norm(dim=-1, keepdim=True)
-    m = d.mean(dim=1)
-    return (m / m.norm(dim=-1, keepdim=True)).to(out_dtype)
+    if normalize == "magnitude":
+        return d.mean(dim=1).to(out_dtype)
+    return _unit_rows(_unit_rows(d).mean(dim=1)).to(out_dtype)
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """x / |x| along the last axis; an all-zero row (a constant channel, σ = 0: the reference
+    would give NaN) stays zero, so it is never relevant."""
+    n = x.norm(dim=-1, keepdim=True)
+    return torch.where(n > 0, x / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(x))
+
+
+def scale_fs3(rows: torch.Tensor) -> torch.Tensor:
+    """Magnitude rows (:func:`fs3_from_features` with ``normalize='magnitude'``) divided by the
+    largest row norm: the strongest channel gets a unit row, the others keep their relative length."""
+    top = rows.norm(dim=-1).max() if rows.numel() else torch.zeros(())
+    if not bool(top > 0):
+        raise ValueError("fs3: every row is zero (no channel changes the CLIP features); check the generator and alpha")
+    return rows / top
 
 
 def _gen_device(generator: Any) -> torch.device:
@@ -884,7 +924,7 @@ def compute_fs3(generator: Any, image_features_fn: Callable[[torch.Tensor], torc
                 truncation: float = 0.7, truncation_cutoff: Optional[int] = None,
                 to_images: Optional[Callable[[torch.Tensor], torch.Tensor]] = to_uint8,
                 save_path: Union[None, str, os.PathLike] = None, save_every: int = 32,
-                noise_mode: str = "const") -> torch.Tensor:
+                noise_mode: str = "const", normalize: str = "reference") -> torch.Tensor:
     """fs3 preprocessing (the reference ``SingleChannel.py``) for any generator.
 
     For every conv channel (l, c) of ``layers`` (in S order, channel order — the
@@ -958,7 +998,8 @@ def compute_fs3(generator: Any, image_features_fn: Callable[[torch.Tensor], torc
     per = 2 * n_images
     config = {"variant": variant, "alpha": float(alpha), "n_images": int(n_images), "layers": layers,
               "style_channels": channels, "fingerprint": _fingerprint(codes, mean, std),
-              "to_images": getattr(to_images, "__name__", repr(to_images)), "noise_mode": noise_mode}
+              "to_images": getattr(to_images, "__name__", repr(to_images)), "noise_mode": noise_mode,
+              "normalize": normalize}
 
     rows: list[torch.Tensor] = []
     start = 0
@@ -966,7 +1007,8 @@ def compute_fs3(generator: Any, image_features_fn: Callable[[torch.Tensor], torc
     if resume_path and os.path.exists(resume_path):
         st = torch.load(resume_path, map_location="cpu", weights_only=True)
         old = st.get("config", {})
-        same = all(old.get(k) == config[k] for k in config if k != "fingerprint")
+        # files written before ``normalize`` existed hold reference rows
+        same = all(old.get(k, "reference" if k == "normalize" else None) == config[k] for k in config if k != "fingerprint")
         fp_old = old.get("fingerprint", [])
         same = same and len(fp_old) == 3 and all(
             abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(fp_old, config["fingerprint"]))
@@ -1016,7 +1058,7 @@ def compute_fs3(generator: Any, image_features_fn: Callable[[torch.Tensor], torc
                 allf = torch.cat(pending)
                 nfin = n_pending // per
                 fin = allf[: nfin * per].reshape(nfin, 2, n_images, -1).transpose(1, 2)
-                rows.append(fs3_from_features(fin).float())
+                rows.append(fs3_from_features(fin, normalize).float())
                 rest = allf[nfin * per:]
                 pending = [rest] if rest.numel() else []
                 n_pending = rest.shape[0]
@@ -1032,7 +1074,9 @@ def compute_fs3(generator: Any, image_features_fn: Callable[[torch.Tensor], torc
         raise
     bar.close()
     fs3 = torch.cat(rows) if rows else torch.zeros(0, 0)
-    save_progress(total)
+    save_progress(total)  # unscaled rows: a resumed or extended run rescales all of them together
+    if normalize == "magnitude":
+        fs3 = scale_fs3(fs3)
     if save_path is not None:
         save_fs3(save_path, fs3)
     return fs3

@@ -304,6 +304,63 @@ def test_fs3_getfs_golden():
     assert_abs(fs3, d["out.fs3"], what="fs3")
 
 
+def test_fs3_magnitude_rows_keep_each_channels_effect():
+    """``normalize='magnitude'``: the plain mean of the unit-feature differences (the paper's
+    E[ΔI_c]); a channel with a 10x weaker but identical effect gets a 10x shorter row, where the
+    reference's unit rows make both the same length."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(1, 5, 1, 16, generator=g, dtype=torch.float64).expand(2, 5, 1, 16).clone()
+    step = torch.randn(16, generator=g, dtype=torch.float64)
+    feats = torch.cat([base, base.clone()], 2)
+    feats[0, :, 1] += 0.1 * step
+    feats[1, :, 1] += 0.01 * step
+    mag = gd.fs3_from_features(feats, normalize="magnitude")
+    ref = gd.fs3_from_features(feats)
+    f = feats / feats.norm(dim=-1, keepdim=True)
+    assert torch.allclose(mag, (f[:, :, 1] - f[:, :, 0]).mean(1))
+    assert torch.allclose(ref.norm(dim=1), torch.ones(2, dtype=torch.float64))
+    ratio = float(mag[1].norm() / mag[0].norm())
+    assert 0.08 < ratio < 0.12
+    scaled = gd.scale_fs3(mag)
+    assert float(scaled.norm(dim=1).max()) == pytest.approx(1.0)
+    assert torch.allclose(scaled[1] / scaled[0].norm(), mag[1] / mag[0].norm())
+    with pytest.raises(ValueError, match="normalize"):
+        gd.fs3_from_features(feats, normalize="unit")
+    still = torch.cat([base, base.clone()], 2)  # a constant channel (sigma 0): zero row, not NaN
+    for norm in gd.FS3_NORMALIZATIONS:
+        assert torch.equal(gd.fs3_from_features(still, normalize=norm), torch.zeros(2, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match="every row is zero"):
+        gd.scale_fs3(torch.zeros(3, 4))
+
+
+def _interrupt_fs3(path, **kw):
+    """Run compute_fs3 with a progress file until Ctrl-C arrives in its 5th feature call."""
+    seen = {"n": 0}
+
+    def flaky(images):
+        seen["n"] += 1
+        if seen["n"] == 5:
+            raise KeyboardInterrupt
+        return _float_feats(images)
+
+    with pytest.raises(KeyboardInterrupt):
+        gd.compute_fs3(_FakeGen(), flaky, resume_path=path, save_every=100, **kw)
+
+
+def test_compute_fs3_magnitude_is_scaled_and_resumes(tmp_path):
+    codes, mean, std = _fake_setup()
+    kw = dict(n_images=3, codes=codes, style_mean=mean, style_std=std, progress=False, to_images=None,
+              batch_size=6, normalize="magnitude")
+    full = gd.compute_fs3(_FakeGen(), _float_feats, **kw)
+    assert float(full.norm(dim=1).max()) == pytest.approx(1.0, abs=1e-6)
+    assert float(full.norm(dim=1).min()) < 0.999  # rows keep their relative lengths
+    path = tmp_path / "p.pt"
+    _interrupt_fs3(path, **kw)
+    assert torch.allclose(gd.compute_fs3(_FakeGen(), _float_feats, resume_path=path, **kw), full, atol=1e-6)
+    with pytest.raises(ValueError, match="different settings"):
+        gd.compute_fs3(_FakeGen(), _float_feats, resume_path=path, **{**kw, "normalize": "reference"})
+
+
 def test_style_statistics_and_samples_golden(gen, bs, small_layout):
     chans = small_layout["channels"]
     mean, std = gd.style_statistics(gen, z=bs["in.stats_z"], truncation=0.7, batch=300, progress=False)
@@ -498,17 +555,8 @@ def test_compute_fs3_resume_bit_identical_with_aligned_batches(tmp_path):
     kw = dict(n_images=3, codes=codes, style_mean=mean, style_std=std, progress=False, to_images=None,
               batch_size=6, variant="corrected")
     full = gd.compute_fs3(_FakeGen(), _float_feats, **kw)
-    seen = {"n": 0}
-
-    def flaky(images):
-        seen["n"] += 1
-        if seen["n"] == 5:
-            raise KeyboardInterrupt
-        return _float_feats(images)
-
     path = tmp_path / "p.pt"
-    with pytest.raises(KeyboardInterrupt):
-        gd.compute_fs3(_FakeGen(), flaky, resume_path=path, save_every=100, **kw)
+    _interrupt_fs3(path, **kw)
     assert torch.load(path, weights_only=True)["next_channel"] == 4  # saved on the interrupt
     assert torch.equal(gd.compute_fs3(_FakeGen(), _float_feats, resume_path=path, **kw), full)
 

@@ -2,6 +2,8 @@
 and behaviour of the pipeline on the small generator + small random-weight ViT CLIP."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -223,6 +225,23 @@ def test_batch_independent_samples(pipe, gen):
     assert per[-1][1] == pytest.approx(one.loss_history["clip"][-1], abs=1e-4)
 
 
+def test_directional_clip_loss(pipe, gen, w_start):
+    """``neutral=``: the CLIP term is 1 − cos(f(G(w)) − f(G(w_s)), Δt): exactly 1 at the source
+    (no change yet), finite, and lowered by the optimisation."""
+    res = pipe(PROMPT, w_start, neutral="a person", steps=12, progress=False)
+    h = res.loss_history
+    assert h["clip"][0] == pytest.approx(1.0, abs=1e-6) and h["l2"][0] == 0.0
+    assert all(math.isfinite(v) for v in h["total"]) and torch.isfinite(res.w_plus).all()
+    assert min(h["clip"][1:]) < 0.9
+    loss = pipe.clip_loss
+    d = loss.text_direction(PROMPT, "a person")
+    with torch.no_grad():
+        src = loss.image_features(gen.synthesis(w_start))
+        final = loss.directional(res.images, src, d)
+        delta = F.normalize(loss.image_features(res.images) - src, dim=-1)
+    assert float(final) == pytest.approx(1 - float((delta * d).sum()), abs=1e-5)
+
+
 def test_single_latent_gets_batch_axis(pipe, gen, w_start):
     res = pipe(PROMPT, w_start[0], steps=1, progress=False)
     assert res.w_plus.shape == (1, gen.num_ws, gen.w_dim) and res.images.shape[0] == 1
@@ -240,6 +259,9 @@ def test_single_latent_gets_batch_axis(pipe, gen, w_start):
     (dict(schedule="linear"), "schedule"),
     (dict(id_lambda=0.1, no_id=True), "id_lambda"),
     (dict(lr=-1.0), "lr"),
+    (dict(neutral="  "), "neutral"),
+    (dict(neutral="hair", mode="free_generation"), "neutral"),
+    (dict(neutral=PROMPT), "same CLIP features"),
 ])
 def test_errors(gen, clip_model, pipe, w_start, kwargs, match):
     kwargs = dict(kwargs)

@@ -175,6 +175,33 @@ class CLIPLoss(nn.Module):
             return 1 - cos
         return 1 - self.model.logit_scale.exp().float() * cos / self.reference_scale
 
+    def image_features(self, image: torch.Tensor) -> torch.Tensor:
+        """Unit CLIP image features ``[N, D]`` of generator outputs (with grad)."""
+        img = self.model.encode_image(self.preprocess(image)).float()
+        return img / img.norm(dim=-1, keepdim=True)
+
+    def text_direction(self, target, neutral) -> torch.Tensor:
+        """Unit ``f(target) − f(neutral)`` of unit text features ``[1, D]`` (no grad)."""
+        t, n = (self._text_features(x).float() for x in (target, neutral))
+        d = t / t.norm(dim=-1, keepdim=True) - n / n.norm(dim=-1, keepdim=True)
+        norm = d.norm(dim=-1, keepdim=True)
+        if not bool((norm > 1e-8).all()):
+            raise ValueError("neutral: the target and neutral prompts have the same CLIP features; "
+                             "give a neutral text that differs from the prompt (e.g. 'hair' for 'purple hair')")
+        return d / norm
+
+    def directional(self, image: torch.Tensor, source_features: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        """Directional CLIP loss ``1 − cos(f(image) − f(source), Δt)`` per image ``[N]``
+        (StyleGAN-NADA, Gal et al. 2022).  ``source_features``: :meth:`image_features` of the
+        source images; ``direction``: :meth:`text_direction`.  Why offer it: the global loss
+        ``1 − cos(f(image), f(text))`` is also lowered by making everything the text does not
+        mention less distinct (its share of the image feature shrinks), which edits attributes
+        nobody asked for; a change along Δt is rewarded only for moving the way the text pair
+        differs."""
+        delta = self.image_features(image) - source_features.to(image.device).float()
+        delta = delta / delta.norm(dim=-1, keepdim=True).clamp_min(1e-8)  # no change: loss 1, finite grad
+        return 1 - (delta * direction.to(delta.device).float()).sum(dim=-1)
+
     def forward(self, image: torch.Tensor, text) -> torch.Tensor:
         """Per-image loss ``[N]``.
 

@@ -122,14 +122,17 @@ def evaluate_global(models, judge, w_plus, pred, n_faces: int, alpha: float = 4.
 
 
 def evaluate_optimization(models, judge, w_plus, pred, n_faces: int, steps: int = 40, l2_lambda: float = 0.008,
-                          prompts=EDIT_PROMPTS) -> dict:
+                          directional: bool = False, space: str = "w+", prompts=EDIT_PROMPTS) -> dict:
+    """``directional``: the directional CLIP loss against the attribute's neutral prompt
+    (``LatentOptimization(..., neutral=)``) instead of the reference's global loss."""
     opt = models.optimizer()
 
     def edit(w, prompt, attr):
-        return opt(prompt, w, steps=steps, l2_lambda=l2_lambda, progress=False).images
+        neutral = neutral_prompt_for(attr) if directional else None
+        return opt(prompt, w, steps=steps, l2_lambda=l2_lambda, neutral=neutral, space=space, progress=False).images
 
     res = score_prompts("latent_optimization", edit, judge, w_plus, pred, n_faces, prompts).summary()
-    res.update(steps=steps, l2_lambda=l2_lambda)
+    res.update(steps=steps, l2_lambda=l2_lambda, clip_loss="directional" if directional else "global", space=space)
     return res
 
 
