@@ -25,6 +25,11 @@ DEFAULT_TRUNCATION = {"toy": 1.0, "ffhq": 0.7}
 #: the 79 ImageNet templates ("a bad photo of a {}."); the toy CLIP only knows its caption language,
 #: in which those sentences are noise, so the toy prompt is embedded as it is.
 TEXT_TEMPLATES = {"toy": ("{}",)}
+#: fs3 row normalisation of each set's fs3 (``compute_fs3(normalize=)``).  FFHQ's published fs3 has the
+#: reference's unit rows; the toy fs3 keeps each channel's mean effect, because unit rows gave the
+#: toy generator's many near-inert channels as much relevance as the target's own channels
+#: (see :func:`styleclip_lib.global_directions.fs3_from_features`).
+FS3_NORMALIZATION = {"toy": "magnitude", "ffhq": "reference"}
 
 MODEL_SETS: dict[str, dict[str, str]] = {
     "toy": {"generator": "toy", "clip": "toy", "identity": "toy", "encoder": "toy", "fs3": "toy-fs3"},
@@ -46,6 +51,11 @@ class ModelSet:
     def truncation(self) -> float:
         """Truncation used for random source faces of this model set."""
         return DEFAULT_TRUNCATION.get(self.name, 0.7)
+
+    @property
+    def fs3_normalize(self) -> str:
+        """How this set's fs3 rows are normalised (pass it to ``compute_fs3`` to recompute it)."""
+        return FS3_NORMALIZATION.get(self.name, "reference")
 
     def sample_w_plus(self, n: int = 1, seed: int = 0) -> torch.Tensor:
         """``n`` random source latents (W+), seeded, at this set's truncation."""

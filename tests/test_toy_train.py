@@ -116,6 +116,49 @@ def test_style_ownership_confines_each_group_to_its_own_channels():
             assert grad[0, outside].abs().max() == 0 and grad[0, w_groups[name]].abs().sum() > 0, name
 
 
+def test_value_ownership_gives_each_value_its_own_channels():
+    """With value ownership (:data:`train.VALUE_OWNERSHIP`, an option of the recipe), inside an
+    attribute's block each value's one-hot column drives only its own W sub-block, and those W dimensions only its own channel sub-block of every
+    layer that has a channel per value (in layers with fewer channels the block reads no W)."""
+    from styleclip_lib.models.stylegan2 import Generator
+    from styleclip_lib.toy import render as R
+
+    torch.manual_seed(1)
+    g = Generator(**train.GENERATOR_CONFIG)
+    embed = torch.nn.Linear(R.VECTOR_DIM, g.w_dim)
+    owned = train.own_styles(g, embed, by_value=True)
+    train.release_styles(owned)
+    cols, w_groups = train.description_slices(), train.group_slices(g.w_dim)
+    n_split = 0
+    for attr, values in R.ATTRIBUTES.items():
+        w_sub = train.value_slices(w_groups[attr], len(values))
+        assert w_sub is not None and len(w_sub) == len(values)
+        for k in range(len(values)):
+            v = torch.zeros(1, R.VECTOR_DIM)
+            v[0, cols[attr].start + k] = 1.0
+            dw = (embed(v) - embed(torch.zeros(1, R.VECTOR_DIM)))[0]
+            inside = torch.zeros(g.w_dim, dtype=torch.bool)
+            inside[w_sub[k]] = True
+            assert dw[inside].abs().sum() > 0 and dw[~inside].abs().max() == 0, (attr, values[k])
+            w = torch.randn(1, g.w_dim)
+            w2 = w.clone()
+            w2[0, w_sub[k]] += 1.0
+            for _, conv, _, _ in g.style_layers():
+                ds = (conv.modulation(w2) - conv.modulation(w))[0].abs()
+                block = train.group_slices(ds.numel())[attr]
+                sub = train.value_slices(block, len(values))
+                if sub is None:  # fewer channels than values: constant styles, no owner
+                    assert ds.max() == 0, (attr, values[k], ds.numel())
+                    continue
+                own = torch.zeros(ds.numel(), dtype=torch.bool)
+                own[sub[k]] = True
+                n_split += 1
+                assert ds[own].sum() > 0 and ds[~own].max() == 0, (attr, values[k], ds.numel())
+    assert n_split > 0
+    assert train.value_slices(slice(10, 13), 4) is None
+    assert train.value_slices(slice(10, 17), 3) == [slice(10, 13), slice(13, 15), slice(15, 17)]
+
+
 def test_group_slices_partition_every_layer():
     for n in (32, 64, 96, 128):
         sl = train.group_slices(n)

@@ -60,6 +60,26 @@ def test_global_directions_edit_the_hair_colour(world):
     assert (pred["hair_color"][~bald] == blue).mean() >= 0.5, pred["hair_color"]
 
 
+def test_shipped_fs3_ranks_each_prompts_own_channel_first(world):
+    """The toy fs3 keeps each channel's effect size (``normalize='magnitude'``): its rows are not unit
+    vectors, and for every edit prompt the most relevant channel is one that the prompt's attribute
+    owns (``toy.train.own_styles``).  Measured: 25 of 25 prompts; 16 of 25 with the reference's unit rows."""
+    from styleclip_lib.toy.captions import EDIT_PROMPTS, neutral_prompt_for
+    from styleclip_lib.toy.train import group_slices
+
+    models = sc.load_models("toy", "cpu")
+    assert models.fs3_normalize == "magnitude"
+    gd = models.global_directions()
+    g, fs3 = models.generator, gd.fs3.double()
+    norms = fs3.norm(dim=1)
+    assert abs(float(norms.max()) - 1) < 1e-3 and float(norms.median()) < 0.2
+    owner = np.concatenate([[k for k, s in group_slices(g.style_channels[i]).items() for _ in range(s.stop - s.start)]
+                            for i in g.conv_style_indices])
+    misses = [p for p, attr, _ in EDIT_PROMPTS
+              if owner[int((fs3 @ gd.text_direction(p, neutral_prompt_for(attr)).double()).abs().argmax())] != attr]
+    assert len(misses) <= 2, misses
+
+
 def test_encoder_inverts_renders(world):
     res = E.evaluate_encoder(world["g"], sc.load_e4e("toy"), world["judge"], 48, seed=96)
     agree = res["judge_agreement"]

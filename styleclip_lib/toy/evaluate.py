@@ -187,9 +187,12 @@ def table(report: dict) -> str:
         if isinstance(m, dict) and "success_rate" in m:
             rows.append((f"{name}: success rate", m["success_rate"], 0.80))
             rows.append((f"{name}: 1 - collateral rate", 1 - m["collateral_rate"], 0.85))
+            if "clean_success_rate" in m:  # no target of its own: success with nothing else changed
+                rows.append((f"{name}: clean success (nothing else changed)", m["clean_success_rate"], None))
     lines = [f"{'metric':<48} {'value':>7} {'target':>7}"]
     for name, v, target in rows:
-        lines.append(f"{name:<48} {v:>7.3f} {target:>7.2f} {'ok' if v >= target else 'BELOW'}")
+        verdict = f"{target:>7.2f} {'ok' if v >= target else 'BELOW'}" if target is not None else f"{'-':>7}"
+        lines.append(f"{name:<48} {v:>7.3f} {verdict}")
     return "\n".join(lines)
 
 

@@ -7,6 +7,8 @@ the face and the judge (never used by any method) reads the result:
 * **success**: the judge sees the requested value;
 * **collateral**: some other attribute changed (hair colour is skipped when either face hides it:
   bald without a beard);
+* **clean success**: both at once, the judge sees the requested value and nothing else changed
+  (what a user wants from one edit; success and collateral alone can trade against each other);
 * **identity drift**: mean absolute change of the judge's identity parameters (each in [0, 1]);
 * **seconds per edit**.
 
@@ -39,6 +41,7 @@ class MethodScore:
     edits: int = 0
     successes: int = 0
     collateral: int = 0
+    clean: int = 0
     identity_drift: list = field(default_factory=list)
     seconds: float = 0.0
     per_prompt: dict = field(default_factory=dict)
@@ -47,6 +50,7 @@ class MethodScore:
         self.edits += len(success)
         self.successes += int(success.sum())
         self.collateral += int(collateral.sum())
+        self.clean += int((success & ~collateral).sum())
         self.identity_drift.extend(drift.tolist())
         self.seconds += seconds
         self.per_prompt[prompt] = {"n": int(len(success)), "success": float(success.mean()) if len(success) else float("nan")}
@@ -54,7 +58,7 @@ class MethodScore:
     def summary(self) -> dict:
         n = max(self.edits, 1)
         return {"method": self.method, "edits": self.edits, "success_rate": self.successes / n,
-                "collateral_rate": self.collateral / n, "identity_drift": float(np.mean(self.identity_drift)) if self.identity_drift else float("nan"),
+                "collateral_rate": self.collateral / n, "clean_success_rate": self.clean / n, "identity_drift": float(np.mean(self.identity_drift)) if self.identity_drift else float("nan"),
                 "seconds_per_edit": self.seconds / n, "per_prompt": self.per_prompt}
 
 

@@ -242,6 +242,20 @@ STYLE_GROUPS = {"hair_color": 2.0, "hair_style": 2.0, "skin_tone": 1.5, "eye_col
                 "glasses": 1.5, "beard": 1.5, "background": 1.0, "identity": 3.0}
 
 
+#: Ownership at the level of attribute *values* (off in the shipped recipe): inside an attribute's
+#: block each value (its one-hot column) owns a sub-block of W and of every layer's style channels
+#: (:func:`ownership_mask`).  The idea: with attribute-level blocks a hair-colour channel mixes all
+#: seven colours, so moving one channel (what fs3 and global directions do) walks from any colour
+#: to the same neighbour (measured on the v4 generator: "purple hair" turned 6 of 10 faces blue);
+#: a channel per value would be a "purple-ness" knob.  Measured on a generator trained so (4100 of
+#: 7500 steps, magnitude fs3 of 4 images, exact-code sources): the hair-colour relevance did move
+#: onto per-value channels, but CLIP's relevance over them is not the e_t - mean pattern (for
+#: "purple hair" the blonde and red channels outweigh purple's), and global directions scored
+#: 0.57 / 0.35 success / collateral (α 4.1, β 0.1) against 0.52 / 0.15 for the shipped v4
+#: generator with the same fs3 normalisation; so it is kept as an option, not shipped.
+VALUE_OWNERSHIP = False
+
+
 def group_slices(n: int, shares: dict[str, float] = STYLE_GROUPS) -> dict[str, slice]:
     """Split ``range(n)`` into consecutive slices proportional to ``shares`` (largest remainder)."""
     total = sum(shares.values())
@@ -266,9 +280,33 @@ def description_slices() -> dict[str, slice]:
     return out
 
 
-def ownership_mask(rows: dict[str, slice], cols: dict[str, slice], shape) -> torch.Tensor:
+def value_slices(block: slice, n_values: int) -> list[slice] | None:
+    """``block`` split into ``n_values`` consecutive sub-slices (as :func:`group_slices` with equal
+    shares), or None when it has fewer entries than values."""
+    size = block.stop - block.start
+    if size < n_values:
+        return None
+    sub = group_slices(size, {str(v): 1.0 for v in range(n_values)})
+    return [slice(block.start + s.start, block.start + s.stop) for s in sub.values()]
+
+
+def ownership_mask(rows: dict[str, slice], cols: dict[str, slice], shape, by_value: bool = False) -> torch.Tensor:
+    """Block-diagonal mask: rows of group ``k`` read only columns of group ``k``.  With ``by_value``
+    every attribute block is split further into one sub-block per value; where a layer has fewer
+    channels in an attribute's block than the attribute has values (the 32-channel 64 px layers),
+    those channels read no W at all (constant styles).  Why not an attribute-level block there:
+    measured on a generator trained so, the four attribute-level hair-colour channels of
+    ``conv1_resolution_64`` carried almost all of the colour (|fs3·Δt| 0.34-0.52 against < 0.07
+    for every per-value channel), i.e. the mixture problem came back at the last layer.  The dense
+    convolutions still carry the colour up from the earlier, per-value layers."""
     mask = torch.zeros(shape)
     for k in STYLE_GROUPS:
+        if by_value and k in R.ATTRIBUTES:
+            r, c = value_slices(rows[k], len(R.ATTRIBUTES[k])), value_slices(cols[k], len(R.ATTRIBUTES[k]))
+            if r is not None and c is not None:
+                for rv, cv in zip(r, c):
+                    mask[rv, cv] = 1.0
+            continue
         mask[rows[k], cols[k]] = 1.0
     return mask
 
@@ -282,7 +320,7 @@ class _Masked(torch.nn.Module):
         return weight * self.mask
 
 
-def own_styles(g, embed: torch.nn.Linear) -> list:
+def own_styles(g, embed: torch.nn.Linear, by_value: bool | None = None) -> list:
     """Give every style channel of every layer, and every W dimension, one owner in
     :data:`STYLE_GROUPS` (block-diagonal ``embed`` and style affines, enforced by a weight mask).
 
@@ -295,11 +333,12 @@ def own_styles(g, embed: torch.nn.Linear) -> list:
     painted where the hair style put hair), only the per-channel modulation is owned."""
     from torch.nn.utils import parametrize
 
+    by_value = VALUE_OWNERSHIP if by_value is None else by_value
     w_groups = group_slices(embed.out_features)
-    modules = [(embed, ownership_mask(w_groups, description_slices(), embed.weight.shape))]
+    modules = [(embed, ownership_mask(w_groups, description_slices(), embed.weight.shape, by_value))]
     for _, conv, _, _ in g.style_layers():
         lin = conv.modulation
-        modules.append((lin, ownership_mask(group_slices(lin.weight.shape[0]), w_groups, lin.weight.shape)))
+        modules.append((lin, ownership_mask(group_slices(lin.weight.shape[0]), w_groups, lin.weight.shape, by_value)))
     for m, mask in modules:
         with torch.no_grad():
             m.weight.mul_(mask)
@@ -626,13 +665,16 @@ def _init_clip(model):
 
 def compute_toy_fs3(g, clip_model, workdir: Path, n_images: int, quiet: bool, stats_n: int = 5000, layers=None) -> dict:
     """Global-directions preprocessing for the toy generator: S statistics and fs3 (corrected
-    variant, every conv channel), with the toy CLIP.  ``n_images`` plays the role of the
+    variant, every conv channel, magnitude rows: ``worlds.FS3_NORMALIZATION``), with the toy CLIP.  ``n_images`` plays the role of the
     reference's 100 images per channel ("steps" of this stage)."""
     from .. import global_directions as GD
 
     mean, std = GD.style_statistics(g, n=stats_n, truncation=0.7, batch=500, seed=5, progress=not quiet)
+    from ..worlds import FS3_NORMALIZATION
+
     fs3 = GD.compute_fs3(g, GD.clip_image_features(clip_model), n_images=n_images, style_mean=mean, style_std=std,
-                         batch_size=64, resume_path=workdir / "fs3.resume.pt", progress=not quiet, layers=layers)
+                         batch_size=64, resume_path=workdir / "fs3.resume.pt", progress=not quiet, layers=layers,
+                         normalize=FS3_NORMALIZATION["toy"])
     return {"fs3": fs3, "style_mean": mean, "style_std": std}
 
 
