@@ -190,17 +190,25 @@ class CLIPLoss(nn.Module):
                              "give a neutral text that differs from the prompt (e.g. 'hair' for 'purple hair')")
         return d / norm
 
-    def directional(self, image: torch.Tensor, source_features: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    def directional(self, image: torch.Tensor, source_features: torch.Tensor, direction: torch.Tensor,
+                    eps: float = 0.02) -> torch.Tensor:
         """Directional CLIP loss ``1 − cos(f(image) − f(source), Δt)`` per image ``[N]``
         (StyleGAN-NADA, Gal et al. 2022).  ``source_features``: :meth:`image_features` of the
         source images; ``direction``: :meth:`text_direction`.  Why offer it: the global loss
         ``1 − cos(f(image), f(text))`` is also lowered by making everything the text does not
         mention less distinct (its share of the image feature shrinks), which edits attributes
         nobody asked for; a change along Δt is rewarded only for moving the way the text pair
-        differs."""
+        differs.
+
+        ``eps`` smooths the length of the change, ``sqrt(|Δf|² + eps²)``: an optimisation starts
+        *at* the source, where Δf = 0 and the plain cosine's gradient is unbounded (measured: its
+        first Adam step then filled the second-moment estimate so that every later step was
+        negligible, and the result did not depend on ``l2_lambda`` at all).  For changes much
+        larger than ``eps`` (a visible edit moves unit CLIP features by ~0.1-0.5) it is the
+        NADA loss."""
         delta = self.image_features(image) - source_features.to(image.device).float()
-        delta = delta / delta.norm(dim=-1, keepdim=True).clamp_min(1e-8)  # no change: loss 1, finite grad
-        return 1 - (delta * direction.to(delta.device).float()).sum(dim=-1)
+        length = (delta.square().sum(dim=-1) + eps ** 2).sqrt()
+        return 1 - (delta * direction.to(delta.device).float()).sum(dim=-1) / length
 
     def forward(self, image: torch.Tensor, text) -> torch.Tensor:
         """Per-image loss ``[N]``.
