@@ -305,6 +305,26 @@ def test_identity_loss_term(G, C, latents):
     assert all(p.requires_grad for p in ident.parameters())
 
 
+def test_directional_clip_term(G, C, latents):
+    """``neutral=``: the CLIP term is the directional loss against the source images, computed by
+    ``CLIPLoss.directional`` from the mapper's own edit; recorded in the checkpoint options."""
+    trainer = MapperTrainer(G, C, description="purple hair", neutral="hair", latents=latents[:4],
+                            val_latents=latents[4:6], id_lambda=0, max_steps=2, validate_at_start=False,
+                            image_interval=None)
+    res = trainer.train(progress=False)
+    assert all(0 <= c <= 2 and math.isfinite(c) for c in res.history["loss_clip"])
+    w = latents[4:6]
+    with torch.no_grad():
+        x, w_hat, x_hat = trainer._forward(w, need_source=False)
+        direction = trainer.clip_loss.text_direction("purple hair", "hair")
+        expect = trainer.clip_loss.directional(x_hat, trainer.clip_loss.image_features(x), direction).mean()
+        _, logs = trainer.calc_loss(w, x, w_hat, x_hat)
+    assert logs["loss_clip"] == pytest.approx(float(expect), rel=1e-5)
+    assert trainer.checkpoint_dict()["opts"]["neutral"] == "hair"
+    with pytest.raises(ValueError, match="neutral"):
+        MapperTrainer(G, C, description="purple hair", neutral=" ", latents=latents[:4], id_lambda=0)
+
+
 # ============================================================================ inference pipeline
 def test_pipeline_strength_zero_is_exact_and_default_edit(trained, G, latents):
     trainer, _, exp = trained

@@ -359,6 +359,13 @@ class MapperTrainer:
             data order, loss history and best loss; :meth:`train` then continues exactly.
         device: device to train on (the models are moved there); default: the generator's.
         seed: seeds latent sampling, the validation split, mapper init and the data order.
+        neutral: ``None`` (reference): the CLIP term is ``1 − cos(G(ŵ), description)``.  A text
+            such as ``'hair'`` for ``'purple hair'`` switches it to the directional CLIP loss
+            ``1 − cos(f(G(ŵ)) − f(G(w)), f(description) − f(neutral))`` (a kit addition, see
+            :meth:`~styleclip_lib.losses.clip_loss.CLIPLoss.directional`).  Measured in the toy
+            world ("purple hair", 1000 Ranger steps, 20 held-out faces): success 0.05, collateral
+            0.05, against 0.20 / 0.50 for the reference loss; at the reference latent-L2 weight
+            the directional mapper barely edits.
     """
 
     def __init__(self, generator: Any, clip_model: Any, identity_model: Any = None, *, description: str,
@@ -371,7 +378,7 @@ class MapperTrainer:
                  board_interval: int = 50, val_batch_size: int = 4, val_max_samples: Optional[int] = 201,
                  num_val_images: int = 8, exp_dir: Optional[PathLike] = None, save_generator: bool = True,
                  clip_normalize: bool = True, validate_at_start: bool = True, resume_from: Optional[PathLike] = None,
-                 device: Any = None, seed: int = 0):
+                 device: Any = None, seed: int = 0, neutral: Optional[str] = None):
         from ..device import resolve_device
         from ..losses.clip_loss import CLIPLoss
         from ..losses.id_loss import IDLoss
@@ -432,6 +439,8 @@ class MapperTrainer:
             self.id_loss = identity_model.to(self.device) if isinstance(identity_model, nn.Module) else identity_model
         self.clip_loss = CLIPLoss(self.clip_model, normalize=clip_normalize)
         self.clip_loss.encode_prompt(self.description)  # tokenizes now: a bad prompt fails here, not at step 1
+        self.neutral = None if neutral is None else check_prompt(neutral, name="neutral")
+        self._clip_direction = None if neutral is None else self.clip_loss.text_direction(self.description, self.neutral)
 
         self.num_ws, self.w_dim = generator.num_ws, generator.w_dim
         with torch.random.fork_rng(devices=[]):
@@ -561,7 +570,7 @@ class MapperTrainer:
 
     def _forward(self, w: torch.Tensor, need_source: bool):
         x = None
-        if need_source or self.id_loss is not None:
+        if need_source or self.id_loss is not None or self.neutral is not None:
             with torch.no_grad():
                 x = self.generator.synthesis(w, noise_mode="const")
         w_hat = w + MAPPER_STRENGTH * self.mapper(w)
@@ -577,7 +586,12 @@ class MapperTrainer:
             logs["loss_id"] = float(loss_id.detach())
             loss = loss + self.lambdas["id"] * loss_id
         if self.lambdas["clip"] > 0:
-            loss_clip = self.clip_loss(x_hat, self.description).mean()
+            if self._clip_direction is not None:
+                with torch.no_grad():
+                    source = self.clip_loss.image_features(x)
+                loss_clip = self.clip_loss.directional(x_hat, source, self._clip_direction).mean()
+            else:
+                loss_clip = self.clip_loss(x_hat, self.description).mean()
             logs["loss_clip"] = float(loss_clip.detach())
             loss = loss + self.lambdas["clip"] * loss_clip
         if self.lambdas["l2"] > 0:
@@ -633,6 +647,7 @@ class MapperTrainer:
             "device": str(self.device),
             # kit additions
             "clip_normalize": bool(self.clip_normalize), "seed": self.seed, "truncation": self.truncation,
+            "neutral": self.neutral,
             "trainer": "styleclip_lib.methods.mapper.MapperTrainer",
         }
 

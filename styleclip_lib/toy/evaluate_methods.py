@@ -141,7 +141,7 @@ def evaluate_optimization(models, judge, w_plus, pred, n_faces: int, steps: int 
 
 
 def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", attr: str = "hair_color", value: str = "purple",
-                    steps: int = 1000, seed: int = 7, exp_dir=None) -> dict:
+                    steps: int = 1000, seed: int = 7, exp_dir=None, directional: bool = False) -> dict:
     """Train one mapper on sampled latents (the reference optimiser: Ranger, lr 0.5; measured on
     "purple hair" at 1000 steps it matches Adam 0.05's success with half the collateral), then
     score it on held-out faces (other seed)."""
@@ -154,7 +154,8 @@ def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", at
     with tempfile.TemporaryDirectory() as tmp:
         trainer = MapperTrainer(g, models.clip, description=prompt, optimizer="ranger", learning_rate=0.5, batch_size=8,
                                 max_steps=steps, val_interval=steps, save_interval=steps, image_interval=steps,
-                                num_samples=2000, num_val_samples=64, id_lambda=0.0, exp_dir=exp_dir or tmp, seed=seed)
+                                num_samples=2000, num_val_samples=64, id_lambda=0.0, exp_dir=exp_dir or tmp, seed=seed,
+                                neutral=neutral_prompt_for(attr) if directional else None)
         result = trainer.train(progress=False)
     train_seconds = time.time() - t
     w_plus, _, pred = source_faces(g, judge, 4 * n_faces, seed + 1000)
@@ -165,7 +166,8 @@ def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", at
         out = LatentMapperEdit(g, result.mapper)(w_plus[idx])
     score.add(prompt, *score_edits(judge, pred, idx, out.images, attr, value), time.time() - t)
     res = score.summary()
-    res.update(prompt=prompt, train_steps=steps, train_seconds=train_seconds)
+    res.update(prompt=prompt, train_steps=steps, train_seconds=train_seconds,
+               clip_loss="directional" if directional else "global")
     return res
 
 
