@@ -364,7 +364,7 @@ class MapperTrainer:
             ``1 − cos(f(G(ŵ)) − f(G(w)), f(description) − f(neutral))`` (a kit addition, see
             :meth:`~styleclip_lib.losses.clip_loss.CLIPLoss.directional`).  Measured in the toy
             world ("purple hair", 1000 Ranger steps, 20 held-out faces): success 0.05, collateral
-            0.05, against 0.20 / 0.50 for the reference loss; at the reference latent-L2 weight
+            0.05, against 0.20 / 0.45 for the reference loss; at the reference latent-L2 weight
             the directional mapper barely edits.
     """
 
