@@ -252,7 +252,8 @@ STYLE_GROUPS = {"hair_color": 2.0, "hair_style": 2.0, "skin_tone": 1.5, "eye_col
 #: onto per-value channels, but CLIP's relevance over them is not the e_t - mean pattern (for
 #: "purple hair" the blonde and red channels outweigh purple's), and global directions scored
 #: 0.57 / 0.35 success / collateral (α 4.1, β 0.1) against 0.52 / 0.15 for the shipped v4
-#: generator with the same fs3 normalisation; so it is kept as an option, not shipped.
+#: generator with the same fs3 normalisation (8 images, sampled sources); so it is kept as an
+#: option, not shipped.
 VALUE_OWNERSHIP = False
 
 
