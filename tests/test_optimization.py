@@ -267,7 +267,7 @@ def test_single_latent_gets_batch_axis(pipe, gen, w_start):
     (dict(lr=-1.0), "lr"),
     (dict(neutral="  "), "neutral"),
     (dict(neutral="hair", mode="free_generation"), "neutral"),
-    (dict(neutral=PROMPT), "same CLIP features"),
+    (dict(neutral=PROMPT), "identical CLIP text features"),
 ])
 def test_errors(gen, clip_model, pipe, w_start, kwargs, match):
     kwargs = dict(kwargs)

@@ -181,14 +181,11 @@ class CLIPLoss(nn.Module):
         return img / img.norm(dim=-1, keepdim=True)
 
     def text_direction(self, target, neutral) -> torch.Tensor:
-        """Unit ``f(target) − f(neutral)`` of unit text features ``[1, D]`` (no grad)."""
-        t, n = (self._text_features(x).float() for x in (target, neutral))
-        d = t / t.norm(dim=-1, keepdim=True) - n / n.norm(dim=-1, keepdim=True)
-        norm = d.norm(dim=-1, keepdim=True)
-        if not bool((norm > 1e-8).all()):
-            raise ValueError("neutral: the target and neutral prompts have the same CLIP features; "
-                             "give a neutral text that differs from the prompt (e.g. 'hair' for 'purple hair')")
-        return d / norm
+        """Unit ``f(target) − f(neutral)`` of unit text features ``[1, D]`` (no grad): global
+        directions' ``dt`` with the prompts as they are (one template each)."""
+        from ..global_directions import text_direction_from_embeddings
+
+        return text_direction_from_embeddings(self._text_features(target), self._text_features(neutral))[None]
 
     def directional(self, image: torch.Tensor, source_features: torch.Tensor, direction: torch.Tensor,
                     eps: float = 0.02) -> torch.Tensor:

@@ -666,8 +666,9 @@ def _init_clip(model):
 
 def compute_toy_fs3(g, clip_model, workdir: Path, n_images: int, quiet: bool, stats_n: int = 5000, layers=None) -> dict:
     """Global-directions preprocessing for the toy generator: S statistics and fs3 (corrected
-    variant, every conv channel, magnitude rows: ``worlds.FS3_NORMALIZATION``), with the toy CLIP.  ``n_images`` plays the role of the
-    reference's 100 images per channel ("steps" of this stage)."""
+    variant, every conv channel, magnitude rows: ``worlds.FS3_NORMALIZATION``), with the toy
+    CLIP.  ``n_images`` plays the role of the reference's 100 images per channel ("steps" of
+    this stage)."""
     from .. import global_directions as GD
 
     mean, std = GD.style_statistics(g, n=stats_n, truncation=0.7, batch=500, seed=5, progress=not quiet)
