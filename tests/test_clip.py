@@ -319,3 +319,15 @@ def test_quickgelu_not_gelu():
     x = torch.linspace(-3, 3, 7)
     torch.testing.assert_close(QuickGELU()(x), x * torch.sigmoid(1.702 * x))
     assert math.isclose(float(QuickGELU()(torch.tensor(1.0))), 1 / (1 + math.exp(-1.702)), rel_tol=1e-6)
+
+
+def test_bf16_autocast_attention_matches_fp32(vit, vit_golden):
+    """Under CPU bf16 autocast the attention itself runs in fp32 (PyTorch's bf16 CPU attention
+    backward is slow); the features stay close to fp32 and gradients flow."""
+    image = vit_golden["image_input"].clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        f = vit.encode_image(image)
+    assert f.dtype == torch.bfloat16
+    torch.testing.assert_close(f.float(), vit_golden["image_features"], rtol=0, atol=5e-2)
+    f.float().sum().backward()
+    assert torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0

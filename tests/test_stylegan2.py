@@ -173,3 +173,21 @@ def test_decoder_prefixed_checkpoint_loads(tmp_path, g):
     z = torch.randn(2, 64)
     torch.testing.assert_close(g2.synthesis(g2.mapping(z)), g.synthesis(g.mapping(z)))
     torch.testing.assert_close(g2.latent_avg, g.latent_avg)
+
+
+def test_channels_last_and_bf16_autocast_keep_the_math(g, cases):
+    """The CPU training path (``memory_format`` channels-last, bf16 autocast) draws the same image:
+    the layout changes nothing, and every per-channel factor follows the activations' dtype, so
+    under autocast the activations stay bf16 from the first convolution on."""
+    wp = cases["in.wplus.latent"]
+    ref = g.synthesis(wp)
+    try:
+        g.memory_format = torch.channels_last
+        torch.testing.assert_close(g.synthesis(wp), ref, rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = g.synthesis(wp)
+    finally:
+        g.memory_format = torch.contiguous_format
+    assert low.dtype == torch.bfloat16  # an fp32 factor anywhere would have promoted the image
+    err = (low.float() - ref).abs().mean() / ref.abs().mean()
+    assert err < 0.05, f"bf16 image differs from fp32 by {err:.3f} (relative mean)"

@@ -45,7 +45,7 @@ def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor, negative_slope: float 
     """``lrelu(x + b, 0.2)·√2`` (rosinality's CUDA op as pure math): ``b`` broadcasts on dim 1,
     except for 3-D input (the mapper's (N, rows, D)) where it goes on the last dim, as the reference."""
     shape = [1, 1, -1] if x.ndim == 3 else [1, -1] + [1] * (x.ndim - 2)
-    return F.leaky_relu(x + bias.view(shape), negative_slope) * scale
+    return F.leaky_relu(x + bias.view(shape).to(x.dtype), negative_slope) * scale
 
 
 def make_kernel(k: Sequence[float]) -> torch.Tensor:
@@ -148,7 +148,9 @@ class ModulatedConv2d(nn.Module):
     def forward_style(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         """Convolve ``x`` with this layer modulated by the StyleSpace code ``style`` (N, in_channel)."""
         weight = self.scale * self.weight[0]  # (out, in, k, k)
-        x = x * style[:, :, None, None]
+        # every per-channel factor is cast to the activations' dtype, so that under autocast (or a
+        # half-precision model) the activations stay in one low-precision dtype end to end
+        x = x * style[:, :, None, None].to(x.dtype)
         if self.upsample:
             # conv_transpose2d takes (in, out, k, k); stride 2 then the FIR blur, as the reference.
             x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2, padding=0)
@@ -157,7 +159,7 @@ class ModulatedConv2d(nn.Module):
         if self.demodulate:
             # d_o = 1/sqrt(sum_{i,k} (c·P_oik·s_i)^2 + 1e-8), per sample.
             demod = torch.rsqrt((style * style) @ weight.pow(2).sum(dim=(2, 3)).t() + 1e-8)
-            x = x * demod[:, :, None, None]
+            x = x * demod[:, :, None, None].to(x.dtype)
         if self.upsample:
             x = self.blur(x)
         return x
@@ -174,7 +176,7 @@ class NoiseInjection(nn.Module):
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         if noise is None:
             return x
-        return x + self.weight * noise
+        return x + (self.weight * noise).to(x.dtype)
 
 
 class ConstantInput(nn.Module):
@@ -218,7 +220,8 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
     def forward_style(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-        out = self.conv.forward_style(x, style) + self.bias
+        out = self.conv.forward_style(x, style)
+        out = out + self.bias.to(out.dtype)
         if skip is not None:
             out = out + self.upsample(skip)
         return out
@@ -278,6 +281,10 @@ class Generator(nn.Module):
         # The rosinality checkpoint stores the mean W next to g_ema; filled by the loader
         # (or mean_latent(4096) when the file has none).
         self.register_buffer("latent_avg", torch.zeros(style_dim))
+        #: layout of the synthesis activations.  ``torch.channels_last`` makes oneDNN's CPU
+        #: convolutions faster (measured on the toy generator's 64 px layer, forward + backward:
+        #: 1.7x in fp32, 5x in bf16 on an AMX CPU); the math is the same in either layout.
+        self.memory_format = torch.contiguous_format
 
     # ---- descriptive attributes (names of the design card)
     @property
@@ -388,7 +395,7 @@ class Generator(nn.Module):
         batch = styles[0].shape[0]
         noises = self._noise(noise_mode, batch, noise, generator)
 
-        x = self.input(batch)
+        x = self.input(batch).contiguous(memory_format=self.memory_format)
         x = self.conv1.forward_style(x, styles[0], noises[0])
         skip = self.to_rgb1.forward_style(x, styles[1], None)
         si = 2
