@@ -303,7 +303,8 @@ def test_toy_photo_edit_moves_toward_the_prompt(toy, method, kwargs, n):
 @needs_toy
 def test_toy_photo_hair_colour_edit_is_seen_by_the_judge(toy):
     """Render → align → invert → global-directions edit "blue hair": the judge (never used by the
-    pipeline) reads blue hair on most edited faces (measured 7 of 8 at alpha 8; per-prompt rates
+    pipeline) reads blue hair on most edited faces (measured 6 of 6 at the reference alpha 4.1, beta
+    0.15 with the v5 world, whose aligned CLIP overshoots at alpha 8: 1 of 6; per-prompt rates
     for every method are in ``python -m styleclip_lib.toy.evaluate --methods``)."""
     from styleclip_lib.toy.evaluate import judge_predictions
 
@@ -314,7 +315,7 @@ def test_toy_photo_hair_colour_edit_is_seen_by_the_judge(toy):
     faces = faces[np.nonzero(keep)[0][:6]]
     hits = 0
     for img in R.render_batch(faces, 64):
-        res = edit_photo(img, "blue hair", "global", models=models, alpha=8.0, beta=0.1)
+        res = edit_photo(img, "blue hair", "global", models=models, alpha=4.1, beta=0.15)
         hits += int(judge_predictions(judge, res.edited_tensor)["hair_color"][0] == blue)
     assert hits >= 4, hits
 

@@ -9,10 +9,12 @@ from styleclip_lib.toy.nets import load_net
 def test_tiny_training_exports_loadable_models(tmp_path):
     out, work = tmp_path / "weights", tmp_path / "work"
     rc = train.main(["--tiny", "--quiet", "--workdir", str(work), "--out", str(out), "--batch", "4",
-                     "--stages", "generator,judge,identity,encoder,clip,fs3"])
+                     "--stages", "generator,judge,identity,encoder,clip,clip_align,fs3"])
     assert rc == 0
     g = load_generator(out / "generator.pt")
     assert (g.resolution, g.w_dim, g.num_ws) == (64, 128, 10)
+    # the synthesis polish stage (hard cases oversampled) ran between synthesis and mapping
+    assert torch.load(work / "polish.ckpt", weights_only=False)["step"] == train.TINY_STEPS["polish"]
     img = g.synthesis(g.mapping(torch.randn(2, 128)))
     assert img.shape == (2, 3, 64, 64) and torch.isfinite(img).all()
     clip = load_clip(out / "clip.pt")
@@ -39,7 +41,7 @@ def test_generator_stage_resumes_exactly(tmp_path):
     """Stopped after 2 of 3 steps, then resumed == 3 steps straight (model, optimiser, RNG restored)."""
     def run(work, *extra):
         train.main(["--quiet", "--workdir", str(work), "--no-export", "--batch", "2", "--stages", "generator",
-                    "--steps", "generator=3,mapping=3", *extra])
+                    "--steps", "generator=3,polish=2,mapping=3", *extra])
         return torch.load(work / "generator.ckpt", weights_only=False)
 
     straight = run(tmp_path / "a")
@@ -48,6 +50,9 @@ def test_generator_stage_resumes_exactly(tmp_path):
     assert resumed["step"] == 3
     for k, v in straight["modules"]["g"].items():
         torch.testing.assert_close(resumed["modules"]["g"][k], v, msg=k)
+    polished = torch.load(tmp_path / "b" / "polish.ckpt", weights_only=False)
+    assert polished["step"] == 2
+    assert any(not torch.equal(polished["modules"]["g"][k], v) for k, v in resumed["modules"]["g"].items())
 
 
 def test_hard_negative_captions_differ_in_what_they_state():
@@ -194,3 +199,35 @@ def test_global_edit_codes_move_one_attribute_to_its_argmax():
     untouched = changed == 0
     np.testing.assert_array_equal(vectors[untouched], faces.to_vectors()[untouched])
 
+
+
+def test_edit_alignment_loss_scores_the_direction_of_changes():
+    img = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)  # 3 bases, then their 3 twins
+    d = img[3:] - img[:3]
+    src = torch.randn(3, 8)
+    keep = torch.tensor([True, True, True])
+    aligned = torch.cat([src, src + 2.5 * d])  # the text moves as the image does (any length)
+    assert train.edit_alignment_loss(img, aligned, keep).item() < 1e-5
+    opposed = torch.cat([src, src - d])
+    torch.testing.assert_close(train.edit_alignment_loss(img, opposed, keep), torch.tensor(2.0))
+    mixed = torch.cat([src, torch.stack([src[0] + d[0], src[1] - d[1], src[2] - d[2]])])
+    only_first = torch.tensor([True, False, False])  # unobservable pairs do not count
+    assert train.edit_alignment_loss(img, mixed, only_first).item() < 1e-5
+
+
+def test_edit_text_pairs_name_the_twins_values():
+    import numpy as np
+    from styleclip_lib.toy import captions as C, render as R
+
+    rng = np.random.default_rng(0)
+    base = R.sample_params(40, seed=1)
+    focus = [list(R.ATTRIBUTES)[i % len(R.ATTRIBUTES)] for i in range(40)]
+    twins = [p.replace(**{a: train._other_value(p, a, rng)}) for p, a in zip(base, focus)]
+    faces = R.FaceBatch.concat([base, R.FaceBatch.from_list(twins)])
+    texts, keep = train.edit_text_pairs(faces, focus * 2, rng)
+    src, tgt = texts[:40], texts[40:]
+    for j, a in enumerate(focus):
+        assert set(C.parse_prompt(tgt[j])) == {(a, twins[j].value(a))}, tgt[j]
+        assert src[j] == C.neutral_prompt_for(a) or set(C.parse_prompt(src[j])) == {(a, base[j].value(a))}, src[j]
+        assert keep[j] == (R.observable(a, base[j]) and R.observable(a, twins[j]))
+    assert 5 < sum(s in {C.neutral_prompt_for(a) for a in R.ATTRIBUTES} for s in src) < 35

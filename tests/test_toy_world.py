@@ -47,6 +47,9 @@ def test_clip_retrieves_single_attributes(world):
     assert res["image_to_text_mean"] >= 0.9 and res["text_to_image_mean"] >= 0.9, res  # measured 0.99 / 1.0
     # every attribute, the few-pixel ones (eye colour, mouth: 0.94) included
     assert min(res["image_to_text_top1"].values()) >= 0.8, res
+    # text changes point where image changes do (what global directions assume), every prompt
+    align = res["edit_alignment"]
+    assert len(align["per_prompt"]) == 25 and align["mean"] >= 0.7 and align["min"] >= 0.3, align
 
 
 def test_global_directions_edit_the_hair_colour(world):

@@ -92,7 +92,36 @@ def evaluate_clip(clip_model, n: int, seed: int) -> dict:
             hits.append(truth[int(scores.argmax())] == k)
         t2i[attr] = float(np.mean(hits))
     return {"text_to_image_top1": t2i, "image_to_text_top1": i2t,
-            "text_to_image_mean": float(np.mean(list(t2i.values()))), "image_to_text_mean": float(np.mean(list(i2t.values())))}
+            "text_to_image_mean": float(np.mean(list(t2i.values()))), "image_to_text_mean": float(np.mean(list(i2t.values()))),
+            "edit_alignment": edit_alignment(clip_model, R.FaceBatch(faces.disc[:48], faces.cont[:48]))}
+
+
+@torch.no_grad()
+def edit_alignment(clip_model, faces: R.FaceBatch) -> dict:
+    """Per edit prompt, cos between CLIP's text direction (prompt vs its neutral prompt, the pair
+    and template global directions use in the toy world) and the mean change of the unit image
+    features when the renders of ``faces`` get the prompt's value.  Global directions
+    and the directional CLIP loss assume the two are collinear."""
+    from ..global_directions import clip_image_features, text_direction, to_uint8
+    from ..worlds import TEXT_TEMPLATES
+
+    encode = clip_image_features(clip_model)
+
+    def unit_features(batch):
+        return torch.nn.functional.normalize(encode(to_uint8(render_tensor(batch))).float(), dim=-1)
+
+    before = unit_features(faces)
+    cos = {}
+    for prompt, attr, value in C.EDIT_PROMPTS:
+        idx = [i for i, p in enumerate(faces) if p.value(attr) != value and R.observable(attr, p)
+               and R.observable(attr, p.replace(**{attr: value}))]
+        if not idx:
+            continue
+        edited = R.FaceBatch.from_list([faces[i].replace(**{attr: value}) for i in idx])
+        d_img = (unit_features(edited) - before[idx]).mean(0)
+        d_txt = text_direction(clip_model, prompt, C.neutral_prompt_for(attr), TEXT_TEMPLATES["toy"]).float()
+        cos[prompt] = float(torch.nn.functional.cosine_similarity(d_img, d_txt, dim=0))
+    return {"per_prompt": cos, "mean": float(np.mean(list(cos.values()))), "min": float(np.min(list(cos.values())))}
 
 
 @torch.no_grad()
@@ -178,6 +207,8 @@ def table(report: dict) -> str:
     if "clip" in report:
         rows.append(("CLIP text→image top-1 (mean)", report["clip"]["text_to_image_mean"], 0.90))
         rows.append(("CLIP image→text top-1 (mean)", report["clip"]["image_to_text_mean"], 0.90))
+        if "edit_alignment" in report["clip"]:  # no target of its own (what global directions assume)
+            rows.append(("CLIP edit alignment cos(Δtext, Δimage), min", report["clip"]["edit_alignment"]["min"], None))
     if "generator" in report:
         rows.append(("generator: judge confident on every attribute", report["generator"]["confident_all_attributes"], 0.90))
         rows.append(("generator: every attribute value appears", float(report["generator"]["every_value_appears"]), 1.0))
