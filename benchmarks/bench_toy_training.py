@@ -53,8 +53,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    bf16 = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-    print(f"threads {torch.get_num_threads()}, AMX bf16 units: {'yes' if bf16 else 'no (bf16 runs emulated)'}")
+    units = "yes" if T.has_bf16_units() else "no (bf16 runs without them)"
+    print(f"threads {torch.get_num_threads()}, AMX bf16 units: {units}")
     print(f"{'stage':10s} {'batch':>5s} {'fp32 s/step':>12s} {'bf16 s/step':>12s} {'fp32/bf16':>10s}")
     for name in filter(None, a.stages.split(",")):
         fp32 = seconds_per_step(name, "fp32", a.steps, a.warmup)

@@ -83,10 +83,13 @@ BATCH = dict(judge=48, identity=48, generator=32, encoder=32, clip=128)
 PRECISION = "auto"
 
 
+def has_bf16_units() -> bool:
+    """Whether this CPU has AMX tiles (bf16 matrix units)."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 def use_bf16() -> bool:
-    if PRECISION == "auto":
-        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-    return PRECISION == "bf16"
+    return has_bf16_units() if PRECISION == "auto" else PRECISION == "bf16"
 
 
 def mixed_precision():
