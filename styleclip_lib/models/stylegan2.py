@@ -395,7 +395,9 @@ class Generator(nn.Module):
         batch = styles[0].shape[0]
         noises = self._noise(noise_mode, batch, noise, generator)
 
-        x = self.input(batch).contiguous(memory_format=self.memory_format)
+        x = self.input(batch)
+        if self.memory_format is not torch.contiguous_format:
+            x = x.contiguous(memory_format=self.memory_format)  # later layers keep the layout
         x = self.conv1.forward_style(x, styles[0], noises[0])
         skip = self.to_rgb1.forward_style(x, styles[1], None)
         si = 2

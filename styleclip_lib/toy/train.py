@@ -25,7 +25,7 @@ Stages (each seeded, resumable from ``--workdir``, with a progress bar):
                  (StyleSpace statistics + channel relevance), shipped as ``fs3.npy``.
 
 On a CPU with bf16 units (AMX) every stage trains under bf16 autocast (``--precision``, fp32 master
-weights and losses), about 1.7x faster than fp32 there.
+weights and losses), 1.3-1.9x faster per step than fp32 there (``benchmarks/bench_toy_training.py``).
 
 ``--export`` (default on) writes fp16 weights to ``styleclip_lib/toy/weights/`` in the formats the
 normal loaders read.  ``--tiny`` shrinks every stage to a few steps (used by the tests).
@@ -76,7 +76,7 @@ BATCH = dict(judge=48, identity=48, generator=32, encoder=32, clip=128)
 
 
 #: ``--precision``: 'auto' trains in bfloat16 autocast (fp32 master weights and losses) where the
-#: CPU has AMX/AVX512-BF16 units and in fp32 elsewhere; 'fp32' and 'bf16' force one.  Measured on
+#: CPU has AMX tiles (bf16 matrix units) and in fp32 elsewhere; 'fp32' and 'bf16' force one.  Measured on
 #: an AMX CPU (2 cores), forward + backward of the 64 px generator layer: 97 ms fp32, 19 ms bf16 in
 #: channels-last layout.  Results are seeded on a given machine; bf16 rounding makes them differ
 #: slightly between machines with and without bf16 units.
@@ -541,7 +541,7 @@ def train_encoder(g, embed, workdir, steps, seed, quiet, batch=None):
     generator; the judge is never used."""
     n = batch or BATCH["encoder"]
     torch.manual_seed(seed)
-    g.memory_format = torch.channels_last
+    layout, g.memory_format = g.memory_format, torch.channels_last  # training layout, restored below
     enc = ToyEncoder(g.num_ws, g.w_dim, IMAGE_SIZE, pool=4)
     enc.latent_avg.copy_(g.latent_avg)
     feat = enc.trunk.out_channels * enc.pool ** 2
@@ -571,7 +571,10 @@ def train_encoder(g, embed, workdir, steps, seed, quiet, batch=None):
         opt.step()
         return loss.item()
 
-    Stage("encoder", workdir, steps, seed, quiet).run({"enc": enc, "aux": aux}, opt, step)
+    try:
+        Stage("encoder", workdir, steps, seed, quiet).run({"enc": enc, "aux": aux}, opt, step)
+    finally:
+        g.memory_format = layout
     return enc.eval()
 
 
@@ -662,9 +665,9 @@ def edit_text_pairs(faces: R.FaceBatch, focus: list, rng) -> tuple[list[str], to
     src, tgt, keep = [], [], []
     for j in range(m):
         a, base, twin = focus[j], faces[j], faces[m + j]
-        synonym = lambda: int(rng.integers(8))  # noqa: E731 - prompt_for wraps it round its synonyms
-        tgt.append(C.prompt_for(a, twin.value(a), synonym()))
-        src.append(C.neutral_prompt_for(a) if rng.random() < 0.5 else C.prompt_for(a, base.value(a), synonym()))
+        # prompt_for takes the synonym index modulo the number of wordings
+        tgt.append(C.prompt_for(a, twin.value(a), int(rng.integers(8))))
+        src.append(C.neutral_prompt_for(a) if rng.random() < 0.5 else C.prompt_for(a, base.value(a), int(rng.integers(8))))
         keep.append(R.observable(a, base) and R.observable(a, twin))
     return src + tgt, torch.tensor(keep)
 
@@ -673,9 +676,9 @@ def edit_alignment_loss(img: torch.Tensor, edit_txt: torch.Tensor, keep: torch.T
     """``1 - cos(ΔI, ΔT)`` over pairs: the change of the (unit) image features from a base to its
     twin should point where the change of the text features from the source prompt to the target
     prompt points.  Contrastive training only ranks captions per image, and it left the toy CLIP's
-    text and image changes unaligned (measured for "a smiling face" vs "a face": cos +0.08 between
-    the text direction and the mean image change of adding a smile on renders; 0.6-0.9 for most
-    other attributes).  Global directions and the directional CLIP loss rely on exactly this
+    text and image changes unaligned (``toy.evaluate``'s edit alignment, "a smiling face" vs "a
+    face": cos 0.38 between the text direction and the mean image change of adding a smile on
+    renders; 0.63-0.92 for the other prompts).  Global directions and the directional CLIP loss rely on exactly this
     alignment (the premise of StyleCLIP's global directions), which CLIP trained at scale shows."""
     m = len(keep)
     d_img = img[m: 2 * m] - img[:m]
@@ -705,6 +708,8 @@ ALIGN_PAIR_WEIGHT = {a: 2.0 if a == "mouth" else 1.0 for a in R.ATTRIBUTES}
 #: edit prompts mean 0.82 -> 0.98, min ("a smiling face") 0.38 -> 0.96; retrieval unchanged or
 #: better (image→text 0.994 -> 1.000)
 ALIGN_WEIGHT = 1.0
+#: the CLIP phases after ``clip``: ``train_clip`` keywords of each
+CLIP_PHASES = {"clip_pairs": dict(pairs=PAIR_WEIGHT), "clip_align": dict(pairs=ALIGN_PAIR_WEIGHT, align=ALIGN_WEIGHT)}
 
 
 def _other_value(p, attr: str, rng) -> str:
@@ -916,18 +921,11 @@ def _run_stages(stages, steps, batch, workdir, a, models):
             models[s] = train_encoder(g, embed, workdir, steps[s], seed, a.quiet, batch=batch)
         elif s == "clip":
             models[s] = train_clip(workdir, steps[s], seed, a.quiet, batch=batch)
-        elif s == "clip_pairs":
+        elif s in CLIP_PHASES:  # later CLIP phases continue the previous one (this run's, or the exported one)
             from ..models.clip import load_clip
 
             init = models.get("clip") or load_clip(Path(a.out) / "clip.pt", device="cpu")
-            models["clip"] = train_clip(workdir, steps[s], seed, a.quiet, batch=batch, init=init, pairs=PAIR_WEIGHT,
-                                        name="clip_pairs", lr=3e-4)
-        elif s == "clip_align":
-            from ..models.clip import load_clip
-
-            init = models.get("clip") or load_clip(Path(a.out) / "clip.pt", device="cpu")
-            models["clip"] = train_clip(workdir, steps[s], seed, a.quiet, batch=batch, init=init, pairs=ALIGN_PAIR_WEIGHT,
-                                        name="clip_align", lr=3e-4, align=ALIGN_WEIGHT)
+            models["clip"] = train_clip(workdir, steps[s], seed, a.quiet, batch=batch, init=init, name=s, lr=3e-4, **CLIP_PHASES[s])
         elif s == "fs3":
             from ..models.clip import load_clip
             from ..models.stylegan2 import load_generator
@@ -939,7 +937,7 @@ def _run_stages(stages, steps, batch, workdir, a, models):
                                         layers=g.conv_style_indices[:1] if a.tiny else None)
         print(f"[{s}] {steps[s]} steps in {time.time() - ts:.0f}s", flush=True)
         if not a.no_export:
-            key = "clip" if s in ("clip_pairs", "clip_align") else s
+            key = "clip" if s in CLIP_PHASES else s
             export({key: models[key], **({"embed": models["embed"]} if s == "generator" else {})}, Path(a.out))
 
 
