@@ -19,7 +19,9 @@ Everything here works on plain tensors:
 * relevance/boundary: :func:`relevance`, :func:`channel_direction`, :func:`auto_beta`,
   :func:`split_to_layers`, :func:`apply_direction`;
 * fs3: :func:`fs3_from_features` (``GetFs``), :func:`compute_fs3` (batched, resumable),
-  :func:`load_fs3` / :func:`save_fs3`;
+  :func:`compute_fs3_correlation` / :func:`fs3_from_samples` (an addition: rows from the
+  covariance of each channel with the CLIP features over samples), :func:`load_fs3` /
+  :func:`save_fs3`;
 * StyleSpace statistics: :func:`style_statistics`, :func:`sample_styles`;
 * :class:`GlobalDirections`: the whole pipeline (generator + CLIP + fs3 + statistics).
 
@@ -38,6 +40,9 @@ conformance goldens of ``shared/conformance/global_directions``):
   StyleSpace codes.  Rows are unit vectors as the reference by default;
   ``normalize='magnitude'`` keeps each channel's mean effect (the paper's
   E[ΔI_c · Δi]), which the toy world ships (see :func:`fs3_from_features`).
+* **Correlational fs3** (:func:`compute_fs3_correlation`, not in the reference): one render
+  per sample instead of two per channel and sample; the toy world's fs3 is made so, because
+  its attribute values are patterns over many channels (measured there: see that function).
 * Arithmetic is float64 (the reference mixes float32 and, on GPU, float16 CLIP
   features); results agree with the float32 goldens to ~1e-6.
 * CLIP image preprocessing in :func:`clip_image_features` resizes with
@@ -83,6 +88,8 @@ __all__ = [
     "reference_loop_state",
     "fs3_step_codes",
     "compute_fs3",
+    "compute_fs3_correlation",
+    "fs3_from_samples",
     "load_fs3",
     "save_fs3",
     "GlobalDirections",
@@ -966,19 +973,7 @@ def compute_fs3(generator: Any, image_features_fn: Callable[[torch.Tensor], torc
     if n_images < 1 or batch_size < 1:
         raise ValueError(f"n_images and batch_size must be >= 1, got {n_images}, {batch_size}")
     channels = list(generator.style_channels)
-    conv = list(generator.conv_style_indices)
-    if layers is None:
-        layers = conv
-    elif isinstance(layers, str):
-        if layers != "reference":
-            raise ValueError(f"layers: expected None, 'reference' or a list of conv S indices, got {layers!r}")
-        layers = reference_fs3_layers(generator)
-    layers = [int(i) for i in layers]
-    if not layers or layers != conv[: len(layers)]:
-        raise ValueError(
-            f"layers: expected a prefix of the conv S indices {conv} (fs3 rows must follow the conv layers in order "
-            f"so that they line up with the boundary split), got {layers}"
-        )
+    layers = _check_layers(generator, layers)
     dev = _gen_device(generator)
     if codes is None:
         codes = sample_styles(generator, n_images, truncation=truncation, seed=seed, truncation_cutoff=truncation_cutoff)
@@ -1077,6 +1072,161 @@ def compute_fs3(generator: Any, image_features_fn: Callable[[torch.Tensor], torc
     save_progress(total)  # unscaled rows: a resumed or extended run rescales all of them together
     if normalize == "magnitude":
         fs3 = scale_fs3(fs3)
+    if save_path is not None:
+        save_fs3(save_path, fs3)
+    return fs3
+
+
+def _check_layers(generator: Any, layers: Union[None, str, Sequence[int]]) -> list[int]:
+    conv = list(generator.conv_style_indices)
+    if layers is None:
+        layers = conv
+    elif isinstance(layers, str):
+        if layers != "reference":
+            raise ValueError(f"layers: expected None, 'reference' or a list of conv S indices, got {layers!r}")
+        layers = reference_fs3_layers(generator)
+    layers = [int(i) for i in layers]
+    if not layers or layers != conv[: len(layers)]:
+        raise ValueError(
+            f"layers: expected a prefix of the conv S indices {conv} (fs3 rows must follow the conv layers in order "
+            f"so that they line up with the boundary split), got {layers}"
+        )
+    return layers
+
+
+def fs3_from_samples(z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Correlational fs3 rows from samples: ``Cov(z_c, f̂)`` (C, D) for standardised StyleSpace
+    codes ``z`` (N, C) and the CLIP features (N, D) of the same N images (L2-normalised here).
+
+    Then ``fs3_c · dt = Cov(z_c, f̂ · dt)``: how much channel c co-varies, over the generator's own
+    images, with how far each image lies along the text direction.  Math in float64."""
+    z = _as_tensor(z, "z")
+    f = _as_tensor(features, "features")
+    if z.ndim != 2 or f.ndim != 2 or z.shape[0] != f.shape[0] or z.shape[0] < 2:
+        raise ValueError(f"z, features: expected (N, C) and (N, D) with the same N >= 2, got "
+                         f"{tuple(z.shape)} and {tuple(f.shape)}")
+    sums = _CovarianceSums(z.shape[1], f.shape[1])
+    sums.add(z, f)
+    return sums.covariance()
+
+
+class _CovarianceSums:
+    """Running sums for Cov(z, f̂) (resumable: :meth:`state` / :meth:`load`)."""
+
+    def __init__(self, c: int, d: int):
+        hi = _hi_dtype("cpu")
+        self.n, self.sz, self.sf, self.szf = 0, torch.zeros(c, dtype=hi), torch.zeros(d, dtype=hi), torch.zeros(c, d, dtype=hi)
+
+    def add(self, z: torch.Tensor, f: torch.Tensor) -> None:
+        hi = _hi_dtype("cpu")
+        z, f = z.detach().to("cpu", hi), f.detach().to("cpu", hi)
+        f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        self.n += z.shape[0]
+        self.sz += z.sum(0)
+        self.sf += f.sum(0)
+        self.szf += z.T @ f
+
+    def covariance(self) -> torch.Tensor:
+        mz, mf = self.sz / self.n, self.sf / self.n
+        return (self.szf / self.n - torch.outer(mz, mf)).float()
+
+    def state(self) -> dict:
+        return {"n": self.n, "sz": self.sz, "sf": self.sf, "szf": self.szf}
+
+    @classmethod
+    def from_state(cls, st: dict) -> "_CovarianceSums":
+        out = cls(0, 0)
+        out.n, out.sz, out.sf, out.szf = int(st["n"]), st["sz"], st["sf"], st["szf"]
+        return out
+
+
+@torch.no_grad()
+def compute_fs3_correlation(generator: Any, image_features_fn: Callable[[torch.Tensor], torch.Tensor],
+                            n_images: int = 4000, layers: Union[None, str, Sequence[int]] = None, batch_size: int = 250,
+                            resume_path: Union[None, str, os.PathLike] = None, progress: bool = True, *,
+                            style_mean: Optional[Sequence[torch.Tensor]] = None,
+                            style_std: Optional[Sequence[torch.Tensor]] = None, stats_n: int = 100_000, seed: int = 5,
+                            truncation: float = 0.7, truncation_cutoff: Optional[int] = None,
+                            to_images: Optional[Callable[[torch.Tensor], torch.Tensor]] = to_uint8,
+                            save_path: Union[None, str, os.PathLike] = None, noise_mode: str = "const",
+                            normalize: str = "magnitude") -> torch.Tensor:
+    """fs3 without the single-channel loop (an addition, not in the reference): render
+    ``n_images`` samples of the generator (seed-``seed`` stream, ``truncation``), and let row c be
+    ``Cov(z_c, f̂)`` of the standardised conv code ``z_c = (s_c − mean_c)/std_c`` and the unit CLIP
+    image features (:func:`fs3_from_samples`).  Same row layout as :func:`compute_fs3` (``layers``),
+    ``normalize='magnitude'`` divides by the largest row norm (|fs3·dt| ≤ 1, β keeps its range),
+    ``'reference'`` gives unit rows.  One render per image instead of 2·C: for FFHQ-1024 that is
+    4000 renders against 1.2 M.
+
+    Why: the reference measures each channel alone, pushed to mean ± 5σ with all others at the image's
+    code.  That is the causal effect of one channel where single channels are meaningful and nearly
+    independent, as in FFHQ's StyleSpace (Wu et al. 2021).  Where a value of an attribute is a
+    *pattern* over many correlated channels, a lone ±5σ channel leaves the codes the generator makes and
+    its CLIP change says little about any one value.  Measured on the toy generator (v5, 4000 renders,
+    25 edit prompts): the relevance ``fs3·dt`` of the single-channel fs3 has cosine 0.00-0.37 with the
+    prompts' class-mean StyleSpace step (the direction that does the edit), the correlational one
+    0.74-1.00; global directions success / collateral 0.52 / 0.14 -> 0.64 / 0.09 (α 4.1, β 0.15,
+    10 faces per prompt).  Caveat: correlation is not causation.  Channels that co-vary with an
+    attribute in the generator's distribution are picked up, e.g. on FFHQ whatever goes with age
+    would come along with "grey hair"; the toy world samples its attributes independently.
+
+    ``resume_path``: the running sums are saved after every batch and continued (same settings).
+    """
+    if normalize not in FS3_NORMALIZATIONS:
+        raise ValueError(f"normalize: expected one of {FS3_NORMALIZATIONS}, got {normalize!r}")
+    if n_images < 2 or batch_size < 1:
+        raise ValueError(f"n_images must be >= 2 and batch_size >= 1, got {n_images}, {batch_size}")
+    channels = list(generator.style_channels)
+    layers = _check_layers(generator, layers)
+    if style_mean is None or style_std is None:
+        m, s = style_statistics(generator, n=stats_n, truncation=truncation, seed=seed,
+                                truncation_cutoff=truncation_cutoff, progress=progress)
+        style_mean = m if style_mean is None else style_mean
+        style_std = s if style_std is None else style_std
+    dev = _gen_device(generator)
+    mean = [t.to(dev).reshape(-1) for t in _check_codes(style_mean, "style_mean", channels)]
+    std = [t.to(dev).reshape(-1) for t in _check_codes(style_std, "style_std", channels)]
+    config = {"kind": "correlation", "n_images": int(n_images), "layers": layers, "style_channels": channels,
+              "seed": int(seed), "truncation": float(truncation), "truncation_cutoff": truncation_cutoff,
+              "batch_size": int(batch_size), "noise_mode": noise_mode,
+              "stats": [float(sum(float(t.double().sum()) for t in mean)), float(sum(float(t.double().sum()) for t in std))]}
+    sums: Optional[_CovarianceSums] = None
+    resume_path = os.fspath(resume_path) if resume_path is not None else None
+    if resume_path and os.path.exists(resume_path):
+        st = torch.load(resume_path, map_location="cpu", weights_only=True)
+        old = st.get("config", {})
+        same = all(old.get(k) == v for k, v in config.items() if k != "stats") and all(
+            abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(old.get("stats", []), config["stats"]))
+        if not same:
+            raise ValueError(f"resume file {resume_path!r} was written with different settings (generator statistics, "
+                             "n_images, layers, seed, truncation); delete it to start over or pass another resume_path")
+        sums = _CovarianceSums.from_state(st["sums"])
+    done = sums.n if sums is not None else 0
+    bar = _progress(total=n_images, desc="fs3 samples", enabled=progress)
+    bar.update(done)
+    z_dim = generator.w_dim if hasattr(generator, "w_dim") else generator.style_dim
+    # the reference seed stream, batch by batch; batches already summed are drawn and skipped
+    for k, zb in enumerate(_z_batches(n_images, z_dim, batch_size, seed, None)):
+        if k * batch_size < done:
+            continue
+        styles = _styles_from_z(generator, zb.to(dev), truncation, truncation_cutoff)
+        images = generator.synthesis_from_styles(styles, noise_mode=noise_mode)
+        feats = image_features_fn(to_images(images) if to_images is not None else images)
+        if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or feats.shape[0] != zb.shape[0]:
+            raise ValueError(f"image_features_fn: expected a (B={zb.shape[0]}, D) tensor, got "
+                             f"{tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__}")
+        # a constant channel (σ = 0) is never relevant (zero row), as in fs3_from_features
+        z = torch.cat([torch.where(std[i] > 0, (styles[i] - mean[i]) / torch.where(std[i] > 0, std[i], torch.ones_like(std[i])),
+                                   torch.zeros_like(styles[i])) for i in layers], 1)
+        if sums is None:
+            sums = _CovarianceSums(z.shape[1], feats.shape[1])
+        sums.add(z, feats)
+        bar.update(zb.shape[0])
+        if resume_path:
+            _atomic_save({"version": 1, "config": config, "sums": sums.state()}, resume_path)
+    bar.close()
+    rows = sums.covariance()
+    fs3 = scale_fs3(rows) if normalize == "magnitude" else _unit_rows(rows)
     if save_path is not None:
         save_fs3(save_path, fs3)
     return fs3

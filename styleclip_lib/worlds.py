@@ -30,6 +30,10 @@ TEXT_TEMPLATES = {"toy": ("{}",)}
 #: toy generator's many near-inert channels as much relevance as the target's own channels
 #: (see :func:`styleclip_lib.global_directions.fs3_from_features`).
 FS3_NORMALIZATION = {"toy": "magnitude", "ffhq": "reference"}
+#: how each set's fs3 is computed: "single_channel" (the reference loop, ``compute_fs3``) or
+#: "correlation" (``compute_fs3_correlation``).  The toy StyleSpace writes each attribute value as a
+#: pattern over many channels, where a lone channel's effect misleads; see that function.
+FS3_METHOD = {"toy": "correlation", "ffhq": "single_channel"}
 
 MODEL_SETS: dict[str, dict[str, str]] = {
     "toy": {"generator": "toy", "clip": "toy", "identity": "toy", "encoder": "toy", "fs3": "toy-fs3"},
@@ -56,6 +60,12 @@ class ModelSet:
     def fs3_normalize(self) -> str:
         """How this set's fs3 rows are normalised (pass it to ``compute_fs3`` to recompute it)."""
         return FS3_NORMALIZATION.get(self.name, "reference")
+
+    @property
+    def fs3_method(self) -> str:
+        """How this set's fs3 is computed: ``'single_channel'`` (:func:`~styleclip_lib.global_directions.compute_fs3`)
+        or ``'correlation'`` (:func:`~styleclip_lib.global_directions.compute_fs3_correlation`)."""
+        return FS3_METHOD.get(self.name, "single_channel")
 
     def sample_w_plus(self, n: int = 1, seed: int = 0) -> torch.Tensor:
         """``n`` random source latents (W+), seeded, at this set's truncation."""

@@ -751,3 +751,61 @@ def test_to_uint8_truncates():
     u = gd.to_uint8(img)
     assert u.shape == (1, 1, 6, 3)
     assert u[0, 0, :, 0].tolist() == [0, 0, 127, 254, 255, 255]
+
+
+# ----------------------------------------------------------------------------- correlational fs3
+
+def test_fs3_from_samples_finds_the_channels_that_move_the_features():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4000, 5, generator=g, dtype=torch.float64)
+    e = torch.eye(8, dtype=torch.float64)
+    # features: a large constant part (so the L2 normalisation is close to linear) plus channel 0 along
+    # e1 and channel 2 against e2; channels 1, 3, 4 do nothing
+    f = 10 * e[0] + z[:, :1] * e[1] - 0.5 * z[:, 2:3] * e[2] + 0.01 * torch.randn(4000, 8, generator=g, dtype=torch.float64)
+    rows = gd.fs3_from_samples(z, f)
+    assert rows.shape == (5, 8)
+    assert float(rows[0, 1]) > 0.09 and float(rows[2, 2]) < -0.04
+    assert float(rows[[1, 3, 4]].abs().max()) < 0.1 * float(rows[0].norm())
+    fn = f / f.norm(dim=1, keepdim=True)  # exactly the covariance of z and the unit features
+    expect = (z - z.mean(0)).T @ (fn - fn.mean(0)) / len(z)
+    assert torch.allclose(rows.double(), expect, atol=1e-6)
+    with pytest.raises(ValueError, match="same N"):
+        gd.fs3_from_samples(z[:10], f[:9])
+
+
+def _pooled_feats(images_uint8):
+    return F.avg_pool2d(images_uint8.permute(0, 3, 1, 2).float(), 4).flatten(1)
+
+
+def test_compute_fs3_correlation_matches_its_samples_and_resumes(gen, tmp_path):
+    mean, std = gd.style_statistics(gen, n=300, truncation=0.7, progress=False)
+    kw = dict(n_images=12, batch_size=5, style_mean=mean, style_std=std, progress=False)
+    fs3 = gd.compute_fs3_correlation(gen, _pooled_feats, **kw)
+    conv = list(gen.conv_style_indices)
+    codes = gd.sample_styles(gen, 12, truncation=0.7, seed=5)  # the same seed-5 stream
+    with torch.no_grad():
+        feats = _pooled_feats(gd.to_uint8(gen.synthesis_from_styles(codes, noise_mode="const")))
+    z = torch.cat([(codes[i] - mean[i]) / std[i] for i in conv], 1)
+    assert fs3.shape == (z.shape[1], feats.shape[1])  # one row per conv channel, layers in S order
+    assert torch.allclose(fs3, gd.scale_fs3(gd.fs3_from_samples(z, feats)), atol=1e-5)
+    assert float(fs3.norm(dim=1).max()) == pytest.approx(1.0, abs=1e-6)
+    unit = gd.compute_fs3_correlation(gen, _pooled_feats, normalize="reference", **kw)
+    assert torch.allclose(unit.norm(dim=1), torch.ones(len(unit)), atol=1e-5)
+
+    calls = {"n": 0}
+
+    def flaky(images):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return _pooled_feats(images)
+
+    path = tmp_path / "corr.pt"
+    with pytest.raises(KeyboardInterrupt):
+        gd.compute_fs3_correlation(gen, flaky, resume_path=path, **kw)
+    assert torch.load(path, weights_only=True)["sums"]["n"] == 5  # the first batch was kept
+    assert torch.allclose(gd.compute_fs3_correlation(gen, _pooled_feats, resume_path=path, **kw), fs3, atol=1e-6)
+    with pytest.raises(ValueError, match="different settings"):
+        gd.compute_fs3_correlation(gen, _pooled_feats, resume_path=path, **{**kw, "n_images": 13})
+    with pytest.raises(ValueError, match="layers"):
+        gd.compute_fs3_correlation(gen, _pooled_feats, layers=conv[1:], **kw)

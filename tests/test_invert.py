@@ -287,6 +287,7 @@ def test_toy_faces_invert_with_their_attributes(toy):
     # attribute of the target in the reconstruction for at least 90 % of the faces (the issue's
     # target; measured 0.98 on 60 faces with the shipped weights, encoder alone 0.82).
     ref = invert(images, models, "encoder+projection", steps=25)
-    assert torch.all(ref.mse <= ref.initial_metrics["mse"] + 1e-4) and ref.mse.mean() < 0.9 * enc.mse.mean()
+    # every face's objective (the perceptual loss, not the pixel MSE) improves, and the pixels on average
+    assert torch.all(ref.perceptual <= ref.initial_metrics["perceptual"] + 1e-4) and ref.mse.mean() < 0.9 * enc.mse.mean()
     ok = _judge_agrees(judge, ref.reconstruction, faces)
     assert ok.mean() >= 0.9, (ok.mean(), _judge_agrees(judge, enc.reconstruction, faces).mean())

@@ -137,6 +137,25 @@ def test_edit_stylespace(pipe, gen, w_start):
     assert torch.allclose(res.images, gen.synthesis_from_styles(res.styles))
 
 
+def test_edit_shared_w_offset(pipe, gen, w_start):
+    w_mixed = w_start + 0.1 * torch.randn(w_start.shape, generator=torch.Generator().manual_seed(1))  # rows differ
+    res = pipe(PROMPT, w_mixed, space="w", steps=10, progress=False)
+    offset = res.w_plus - w_mixed
+    assert float(offset.abs().max()) > 1e-3
+    torch.testing.assert_close(offset, offset[:, :1].expand_as(offset), rtol=0, atol=1e-6)  # one offset, every row
+    h = res.loss_history
+    assert h["clip"][-1] < h["clip"][0] - 1e-3 and h["l2"][0] == 0.0
+    assert torch.allclose(res.images, gen.synthesis(res.w_plus), atol=1e-5)
+    # the L2 term keeps its meaning, the distance in W+ (measured before the last step's update)
+    part = pipe(PROMPT, w_mixed, space="w", steps=10, progress=False, callback=lambda step, losses, img: step < 4)
+    d = float(((part.w_plus - w_mixed) ** 2).sum())
+    assert h["l2"][4] == pytest.approx(d, rel=1e-4)
+    rest = pipe(PROMPT, space="w", steps=10, progress=False, resume=part.state)
+    torch.testing.assert_close(rest.w_plus, res.w_plus, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="space"):
+        pipe(PROMPT, space="w+", steps=10, progress=False, resume=part.state)
+
+
 def test_free_generation(pipe, gen):
     res = pipe(PROMPT, mode="free_generation", seed=1, steps=6, progress=False)
     start = pipe.initial_latent("free_generation", seed=1)

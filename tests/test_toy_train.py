@@ -32,6 +32,10 @@ def test_tiny_training_exports_loadable_models(tmp_path):
     torch.testing.assert_close(load_e4e(out / "encoder.pt")(img), enc(img))
     from styleclip_lib.global_directions import load_fs3
 
+    # the polish stage made every ToRGB style a constant; the conv styles still follow W
+    styles = g.styles(g.to_w_plus(g.mapping(torch.randn(4, 128))))
+    for i, s in enumerate(styles):
+        assert (float(s.std(0).max()) == 0.0) == (i not in g.conv_style_indices), i
     fs3 = load_fs3(out / "fs3.npy", g)
     assert fs3.shape == (g.style_channels[g.conv_style_indices[0]], 64)  # --tiny: first conv layer only
     assert torch.isfinite(fs3).all()
@@ -231,3 +235,32 @@ def test_edit_text_pairs_name_the_twins_values():
         assert src[j] == C.neutral_prompt_for(a) or set(C.parse_prompt(src[j])) == {(a, base[j].value(a))}, src[j]
         assert keep[j] == (R.observable(a, base[j]) and R.observable(a, twins[j]))
     assert 5 < sum(s in {C.neutral_prompt_for(a) for a in R.ATTRIBUTES} for s in src) < 35
+
+
+def test_constant_torgb_styles_keep_their_mean_and_stay_constant_while_training():
+    from styleclip_lib.models.stylegan2 import Generator
+    from styleclip_lib.toy import render as R
+
+    torch.manual_seed(0)
+    g = Generator(**{**train.GENERATOR_CONFIG, "size": 16, "channels": {4: 16, 8: 16, 16: 16}, "n_mlp": 1})
+    embed = torch.nn.Linear(R.VECTOR_DIM, g.w_dim)
+    train.own_styles(g, embed)
+    rgb = [conv.modulation for _, conv, _, is_rgb in g.style_layers() if is_rgb]
+    with torch.no_grad():
+        w = embed(torch.from_numpy(R.sample_params(256, seed=3).to_vectors()))
+        mean_before = [m(w).mean(0) for m in rgb]
+        conv_before = g.conv1.conv.modulation(w[:2])
+    train.constant_torgb_styles(g, embed, n=256, seed=3)
+    with torch.no_grad():
+        for m, before in zip(rgb, mean_before):  # the constant is the mean style over the faces
+            torch.testing.assert_close(m(torch.randn(3, g.w_dim)), before.expand(3, -1))
+        torch.testing.assert_close(g.conv1.conv.modulation(w[:2]), conv_before)  # conv styles untouched
+    opt = torch.optim.Adam(g.parameters(), lr=0.1)
+    for _ in range(2):  # training moves everything it can; the ToRGB styles must still ignore W
+        opt.zero_grad()
+        g.synthesis(w[:4, None].expand(-1, g.num_ws, -1)).square().mean().backward()
+        opt.step()
+    with torch.no_grad():
+        for m in rgb:
+            out = m(torch.randn(5, g.w_dim))
+            assert float((out - out[:1]).abs().max()) == 0.0

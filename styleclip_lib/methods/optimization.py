@@ -85,7 +85,7 @@ __all__ = [
 ]
 
 MODES = ("edit", "free_generation")
-SPACES = ("w+", "s")
+SPACES = ("w+", "w", "s")
 SCHEDULES = ("kit", "reference")
 STATE_VERSION = 1
 
@@ -171,7 +171,9 @@ def _check_space(space) -> str:
         return "w+"
     if isinstance(space, str) and space.lower() in ("s", "stylespace", "style"):
         return "s"
-    raise ValueError(f"space: expected 'w+' or 's' (StyleSpace), got {space!r}")
+    if isinstance(space, str) and space.lower() == "w":
+        return "w"
+    raise ValueError(f"space: expected 'w+', 'w' (one offset shared by every W+ row) or 's' (StyleSpace), got {space!r}")
 
 
 def _model_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -201,7 +203,7 @@ class OptimizationResult(StoppableRun):
     Attributes:
         images: (N, 3, H, W) images of the final latent (generator range, nominally [-1, 1]).
         source_images: (N, 3, H, W) images of the starting latent.
-        w_plus: (N, num_ws, w_dim) final W+ (``space='w+'``), else ``None``.
+        w_plus: (N, num_ws, w_dim) final W+ (``space='w+'`` or ``'w'``), else ``None``.
         styles: list of (N, C) final StyleSpace codes, all layers in generator order
             (``space='s'``; the ToRGB codes are the unchanged source ones), else ``None``.
         loss_history: ``{term: [value per step]}``: the batch sums of every term, measured
@@ -301,9 +303,9 @@ def _values(t: torch.Tensor, n: int) -> tuple[float, Optional[list]]:
 
 def _prepare_latent(generator, latent_init, space: str, device, dtype):
     """Source latent for ``space``: W+ (N, num_ws, w_dim), or the list of (N, C) styles."""
-    if space == "w+":
+    if space in ("w+", "w"):
         if isinstance(latent_init, (list, tuple)):
-            raise ValueError("latent: space='w+' needs a W+ tensor (N, num_ws, w_dim), got a list (StyleSpace codes?)")
+            raise ValueError(f"latent: space={space!r} needs a W+ tensor (N, num_ws, w_dim), got a list (StyleSpace codes?)")
         return as_w_plus(latent_init, generator.num_ws, generator.w_dim, name="latent", device=device, dtype=dtype).detach()
     if isinstance(latent_init, (list, tuple)):
         chans = generator.style_channels
@@ -374,7 +376,9 @@ def optimize_latent(
         image_loss_fn: ``images (N, 3, H, W) -> tensor or {term: tensor}``; each tensor a
             scalar or ``(N,)`` per-sample values (which are summed over the batch).
         space: ``'w+'`` optimises the whole W+; ``'s'`` only the conv (non-ToRGB) StyleSpace
-            codes (the reference ``--work_in_stylespace``), ToRGB codes stay fixed.
+            codes (the reference ``--work_in_stylespace``), ToRGB codes stay fixed; ``'w'`` (an
+            addition) one offset added to every W+ row of the source, the space StyleGAN's
+            mapping moves in (the L2 term is still ‖w+ − w+_src‖², i.e. num_ws·‖offset‖²).
         steps: length of the schedule.  When resuming, the loop continues from the state's
             step up to ``steps`` (pass the same value to finish an interrupted run).
         lr, lr_rampup, lr_rampdown, schedule: see :func:`schedule_lrs`.
@@ -422,22 +426,31 @@ def optimize_latent(
         current = source
         history, sample_history = {}, {}
 
+    fixed, conv_idx = None, None
     if space == "w+":
         n = source.shape[0]
-        param = current.detach().clone().requires_grad_(True)
-        params = [param]
-        fixed = None
-        conv_idx = None
+        params = [current.detach().clone().requires_grad_(True)]
+    elif space == "w":
+        n = source.shape[0]
+        offset = (current - source)
+        if not torch.allclose(offset, offset[:, :1].expand_as(offset), atol=1e-5):
+            raise ValueError("resume: space='w' needs a latent that differs from its source by the same offset on every row")
+        params = [offset[:, 0].detach().clone().requires_grad_(True)]
     else:
         n = source[0].shape[0]
         conv_idx = list(generator.conv_style_indices)
         fixed = [s.detach().clone() for s in current]
         params = [fixed[i].clone().requires_grad_(True) for i in conv_idx]
-    src_opt = [source] if space == "w+" else [source[i] for i in conv_idx]
+    src_opt = [source] if space == "w+" else [torch.zeros_like(params[0])] if space == "w" else [source[i] for i in conv_idx]
+    # space='w': ‖w+ − w+_src‖² of a shared offset is num_ws·‖offset‖²
+    l2_scale = float(source.shape[1]) if space == "w" else 1.0
+
+    def latent_of(ps) -> torch.Tensor:
+        return ps[0] if space == "w+" else source + ps[0][:, None, :]
 
     def render(ps) -> torch.Tensor:
-        if space == "w+":
-            return generator.synthesis(ps[0], noise_mode=noise_mode)
+        if space in ("w+", "w"):
+            return generator.synthesis(latent_of(ps), noise_mode=noise_mode)
         styles = list(fixed)
         for i, p in zip(conv_idx, ps):
             styles[i] = p
@@ -445,7 +458,7 @@ def optimize_latent(
 
     if source_images is None:
         with torch.no_grad():
-            source_images = generator.synthesis(source, noise_mode=noise_mode) if space == "w+" else \
+            source_images = generator.synthesis(source, noise_mode=noise_mode) if space != "s" else \
                 generator.synthesis_from_styles(source, noise_mode=noise_mode)
     source_images = source_images.detach()
 
@@ -473,7 +486,7 @@ def optimize_latent(
                 group["lr"] = lrs[i]
             images = render(params)
             terms = _terms(image_loss_fn(images), n)
-            l2 = sum(((s - p) ** 2).flatten(1).sum(1) for s, p in zip(src_opt, params))
+            l2 = l2_scale * sum(((s - p) ** 2).flatten(1).sum(1) for s, p in zip(src_opt, params))
             total = l2_lambda * l2.sum()
             per_total = l2_lambda * l2.detach()
             per_ok = True
@@ -497,7 +510,7 @@ def optimize_latent(
             history.setdefault("total", []).append(losses["total"])
             sample_history.setdefault("total", []).append([float(v) for v in per_total.cpu()] if per_ok else None)
             if latent_history is not None:
-                latent_history.append(params[0].detach().cpu().clone() if space == "w+"
+                latent_history.append(latent_of(params).detach().cpu().clone() if space != "s"
                                       else [p.detach().cpu().clone() for p in params])
             frame = None
             if every and i % every == 0:
@@ -523,8 +536,8 @@ def optimize_latent(
             del d[k][done:]
     with torch.no_grad():
         images = render(params).detach()
-    if space == "w+":
-        final = params[0].detach().clone()
+    if space != "s":
+        final = latent_of(params).detach().clone()
         final_styles = None
     else:
         final_styles = list(fixed)
@@ -535,8 +548,8 @@ def optimize_latent(
     state = {
         "version": STATE_VERSION,
         "space": space,
-        "latent": final if space == "w+" else [s.clone() for s in final_styles],
-        "source": source.clone() if space == "w+" else [s.clone() for s in source],
+        "latent": final if space != "s" else [s.clone() for s in final_styles],
+        "source": source.clone() if space != "s" else [s.clone() for s in source],
         "optimizer": opt_state,
         "step": done,
         "steps": steps,
@@ -551,7 +564,7 @@ def optimize_latent(
     return OptimizationResult(
         images=images,
         source_images=source_images,
-        w_plus=final if space == "w+" else None,
+        w_plus=final if space != "s" else None,
         styles=final_styles,
         loss_history=history,
         sample_loss_history=sample_history,
@@ -675,7 +688,8 @@ class LatentOptimization:
             mode: ``'edit'``: loss = CLIP + l2_lambda·‖w − w_src‖² + id_lambda·ID.
                 ``'free_generation'``: loss = CLIP only (``l2_lambda``/``id_lambda`` unused);
                 without ``latent`` the start is the mean latent.
-            space: ``'w+'`` or ``'s'`` (optimise the conv StyleSpace codes only; ToRGB fixed).
+            space: ``'w+'``, ``'s'`` (optimise the conv StyleSpace codes only; ToRGB fixed) or
+                ``'w'`` (one offset shared by every W+ row; see :func:`optimize_latent`).
             steps: Adam steps (the schedule length; see ``resume``).  Reference default 300.
             lr, lr_rampup, lr_rampdown: peak lr and ramp fractions of :func:`lr_schedule`.
             l2_lambda: L2 weight (reference 0.008; the notebook also uses 0.005 for ID).
@@ -751,7 +765,7 @@ class LatentOptimization:
             start = _prepare_latent(g, latent, space, device, dtype)
             source = start
         with torch.no_grad():
-            source_images = g.synthesis(source, noise_mode="const") if space == "w+" else \
+            source_images = g.synthesis(source, noise_mode="const") if space != "s" else \
                 g.synthesis_from_styles(source, noise_mode="const")
 
         text_features = self.clip_loss.encode_prompt(text)
