@@ -1111,7 +1111,7 @@ def fs3_from_samples(z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
 
 
 class _CovarianceSums:
-    """Running sums for Cov(z, f̂) (resumable: :meth:`state` / :meth:`load`)."""
+    """Running sums for Cov(z, f̂) (resumable: :meth:`state` / :meth:`from_state`)."""
 
     def __init__(self, c: int, d: int):
         hi = _hi_dtype("cpu")
@@ -1167,9 +1167,11 @@ def compute_fs3_correlation(generator: Any, image_features_fn: Callable[[torch.T
     prompts' class-mean StyleSpace step (the direction that does the edit), the correlational one
     0.74-1.00; global directions success / collateral 0.52 / 0.14 -> 0.64 / 0.09 (α 4.1, β 0.15,
     10 faces per prompt).  On the shipped v6 generator (20 faces per prompt, β 0.15): 0.63 / 0.14 ->
-    0.73 / 0.07 at α 4.1, 0.70 / 0.21 -> 0.82 / 0.11 at α 6.  Caveat: correlation is not causation.  Channels that co-vary with an
-    attribute in the generator's distribution are picked up, e.g. on FFHQ whatever goes with age
-    would come along with "grey hair"; the toy world samples its attributes independently.
+    0.73 / 0.07 at α 4.1, 0.70 / 0.21 -> 0.82 / 0.11 at α 6.
+
+    Caveat: correlation is not causation.  Channels that co-vary with an attribute in the
+    generator's distribution are picked up, e.g. on FFHQ whatever goes with age would come along
+    with "grey hair"; the toy world samples its attributes independently.
 
     ``resume_path``: the running sums are saved after every batch and continued (same settings).
     """

@@ -434,7 +434,8 @@ def optimize_latent(
         n = source.shape[0]
         offset = (current - source)
         if not torch.allclose(offset, offset[:, :1].expand_as(offset), atol=1e-5):
-            raise ValueError("resume: space='w' needs a latent that differs from its source by the same offset on every row")
+            raise ValueError("resume: a space='w' state differs from its source by the same offset on every row; "
+                             "this one does not (made with another space?)")
         params = [offset[:, 0].detach().clone().requires_grad_(True)]
     else:
         n = source[0].shape[0]

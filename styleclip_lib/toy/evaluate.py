@@ -255,7 +255,8 @@ def main(argv=None) -> int:
         from .evaluate_methods import evaluate_methods
 
         report["methods"] = evaluate_methods(a.faces, a.seed, methods, **{
-            "global": {"alpha": a.alpha, "beta": a.beta}, "optimize": {"steps": a.opt_steps, "space": a.opt_space, "l2_lambda": a.opt_l2, "directional": a.opt_directional},
+            "global": {"alpha": a.alpha, "beta": a.beta},
+            "optimize": {"steps": a.opt_steps, "space": a.opt_space, "l2_lambda": a.opt_l2, "directional": a.opt_directional},
             "mapper": {"steps": a.mapper_steps}})
     text = json.dumps(report, indent=2)
     print(text)
