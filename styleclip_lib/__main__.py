@@ -58,12 +58,17 @@ def _edit(argv: list[str]) -> int:
                                              "python -m styleclip_lib.photo --help).")
     ap.add_argument("--method", choices=["optimize", "mapper", "global"], required=True)
     ap.add_argument("--prompt", required=True, help="target text, e.g. 'purple hair'")
-    ap.add_argument("--neutral", default=None, help="global directions: the neutral text (default: 'a face')")
+    ap.add_argument("--neutral", default=None, help="global directions (default: 'a face') and the optimisation's "
+                    "text-pair CLIP losses: the neutral text")
     ap.add_argument("--alpha", type=float, default=4.1, help="global directions: strength")
     ap.add_argument("--beta", type=float, default=0.15, help="global directions: disentanglement threshold")
     ap.add_argument("--steps", type=int, default=None, help="optimisation steps (default 300) / mapper training steps")
     ap.add_argument("--l2-lambda", type=float, default=0.008)
     ap.add_argument("--id-lambda", type=float, default=0.0)
+    ap.add_argument("--lr", type=float, default=0.1, help="optimisation: peak learning rate")
+    ap.add_argument("--space", default="w+", choices=["w+", "w", "s", "s_std"], help="optimisation space (reference: w+)")
+    ap.add_argument("--clip-loss", default="global", choices=["global", "directional", "anchored"],
+                    help="optimisation CLIP term (reference: global; the others need --neutral)")
     ap.add_argument("--mapper", default=None, help="mapper checkpoint or registry name (method mapper)")
     ap.add_argument("--strength", type=float, default=0.1, help="mapper: w + strength*M(w)")
     src = ap.add_mutually_exclusive_group()
@@ -81,8 +86,11 @@ def _edit(argv: list[str]) -> int:
     else:
         w = models.sample_w_plus(1, a.seed)
     if a.method == "optimize":
-        res = models.optimizer(with_identity=a.id_lambda > 0)(prompt, w, steps=a.steps or 300, l2_lambda=a.l2_lambda,
-                                                              id_lambda=a.id_lambda)
+        if a.clip_loss != "global" and not a.neutral:
+            ap.error(f"--clip-loss {a.clip_loss} needs --neutral (e.g. --neutral hair for 'purple hair')")
+        res = models.optimizer(with_identity=a.id_lambda > 0)(
+            prompt, w, steps=a.steps or 300, lr=a.lr, l2_lambda=a.l2_lambda, id_lambda=a.id_lambda, space=a.space,
+            clip_loss=a.clip_loss, neutral=a.neutral if a.clip_loss != "global" else None)
         source, edited = res.source_images, res.images
     elif a.method == "global":
         res = models.global_directions()(w, prompt, a.neutral or "a face", alpha=a.alpha, beta=a.beta)

@@ -139,7 +139,8 @@ class ModelSet:
     def optimizer(self, with_identity: bool = False):
         from .methods.optimization import LatentOptimization
 
-        return LatentOptimization(self.generator, self.clip, self.identity if with_identity else None)
+        return LatentOptimization(self.generator, self.clip, self.identity if with_identity else None,
+                                  style_std=lambda: self.style_statistics()[1])
 
 
 def load_models(name: str = "toy", device: str | torch.device | None = None) -> ModelSet:

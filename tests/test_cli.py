@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import conformance_path
@@ -52,3 +53,17 @@ def test_readme_main_job_edits_offline(tmp_path, capsys):
     source, edited = img[2:66, 2:66].astype(int), img[68:132, 2:66].astype(int)
     assert np.abs(source - edited).mean() > 2  # the edit changed the face
     assert main(["edit", "--method", "global", "--prompt", "  ", "--out", str(out)]) == 1  # empty prompt: clear error
+
+
+def test_edit_optimize_kit_losses(tmp_path, capsys):
+    """``edit --method optimize`` passes the space / CLIP-loss knobs through; a text-pair loss
+    without ``--neutral`` is a usage error, not a crash."""
+    out = tmp_path / "opt.png"
+    rc = main(["edit", "--method", "optimize", "--prompt", "blue hair", "--neutral", "hair", "--clip-loss", "anchored",
+               "--space", "s_std", "--lr", "0.2", "--l2-lambda", "0.002", "--steps", "3", "--seed", "2", "--out", str(out)])
+    assert rc == 0
+    img = np.asarray(Image.open(out))
+    assert np.abs(img[2:66, 2:66].astype(int) - img[68:132, 2:66].astype(int)).mean() > 0.1
+    with pytest.raises(SystemExit):
+        main(["edit", "--method", "optimize", "--prompt", "blue hair", "--clip-loss", "anchored", "--out", str(out)])
+    assert "--neutral" in capsys.readouterr().err

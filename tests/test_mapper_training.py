@@ -325,6 +325,29 @@ def test_directional_clip_term(G, C, latents):
         MapperTrainer(G, C, description="purple hair", neutral=" ", latents=latents[:4], id_lambda=0)
 
 
+def test_anchored_clip_term(G, C, latents):
+    """``clip_loss='anchored'``: each edit is scored against its source's CLIP embedding moved
+    ``anchor_step`` along the text direction; the options record the loss; a text-pair loss
+    without a neutral text is refused."""
+    trainer = MapperTrainer(G, C, description="purple hair", neutral="hair", clip_loss="anchored", anchor_step=0.5,
+                            latents=latents[:4], val_latents=latents[4:6], id_lambda=0, max_steps=2,
+                            validate_at_start=False, image_interval=None)
+    trainer.train(progress=False)
+    w = latents[4:6]
+    with torch.no_grad():
+        x, w_hat, x_hat = trainer._forward(w, need_source=False)
+        direction = trainer.clip_loss.text_direction("purple hair", "hair")
+        target = torch.nn.functional.normalize(trainer.clip_loss.image_features(x) + 0.5 * direction, dim=-1)
+        expect = (1 - (trainer.clip_loss.image_features(x_hat) * target).sum(-1)).mean()
+        _, logs = trainer.calc_loss(w, x, w_hat, x_hat)
+    assert logs["loss_clip"] == pytest.approx(float(expect), rel=1e-5)
+    opts = trainer.checkpoint_dict()["opts"]
+    assert opts["clip_loss"] == "anchored" and opts["anchor_step"] == 0.5
+    for kw in (dict(clip_loss="anchored"), dict(clip_loss="global", neutral="hair"), dict(clip_loss="cosine")):
+        with pytest.raises(ValueError, match="neutral|clip_loss"):
+            MapperTrainer(G, C, description="purple hair", latents=latents[:4], id_lambda=0, **kw)
+
+
 # ============================================================================ inference pipeline
 def test_pipeline_strength_zero_is_exact_and_default_edit(trained, G, latents):
     trainer, _, exp = trained

@@ -156,6 +156,69 @@ def test_edit_shared_w_offset(pipe, gen, w_start):
         pipe(PROMPT, space="w+", steps=10, progress=False, resume=part.state)
 
 
+def test_edit_standardised_stylespace(gen, clip_model, w_start):
+    """``space='s_std'``: s = s_src + σ·δ.  With σ = 1 it is ``space='s'`` step for step; with a
+    per-channel σ every conv channel moves in σ units (a σ = 0 channel never moves), the L2 term
+    is ‖δ‖², ToRGB codes stay, and a stopped run resumes onto the uninterrupted one."""
+    ones = [torch.ones(c) for c in gen.style_channels]
+    raw = LatentOptimization(gen, clip_model)(PROMPT, w_start, space="s", steps=6, progress=False)
+    unit = LatentOptimization(gen, clip_model, style_std=ones)(PROMPT, w_start, space="s_std", steps=6, progress=False)
+    for a, b in zip(raw.styles, unit.styles):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert unit.loss_history["total"] == pytest.approx(raw.loss_history["total"], abs=1e-5)
+
+    rng = torch.Generator().manual_seed(4)
+    std = [0.1 + 2 * torch.rand(c, generator=rng) for c in gen.style_channels]
+    conv = list(gen.conv_style_indices)
+    std[conv[0]][:3] = 0.0
+    pipe_std = LatentOptimization(gen, clip_model, style_std=std)
+    res = pipe_std(PROMPT, w_start, space="s_std", steps=6, progress=False)
+    src = gen.styles(w_start)
+    delta = [(res.styles[i] - src[i]) / std[i].clamp_min(1e-30) for i in conv]
+    assert torch.equal(res.styles[conv[0]][:, :3], src[conv[0]][:, :3])
+    for i in set(range(len(src))) - set(conv):
+        assert torch.equal(res.styles[i], src[i]), f"ToRGB style {i} changed"
+    # Adam's first step moves every parameter by ~lr: in σ units here, for channels of any σ
+    first = pipe_std(PROMPT, w_start, space="s_std", steps=1, progress=False)
+    moved = torch.cat([((first.styles[i] - src[i]) / std[i].clamp_min(1e-30))[:, std[i] > 0].abs().flatten() for i in conv])
+    lr1 = kit_lr_schedule(1, 0.1)[0]
+    assert float(moved.median()) == pytest.approx(lr1, rel=0.05)
+    part = pipe_std(PROMPT, w_start, space="s_std", steps=6, progress=False, callback=lambda step, losses, img: step < 3)
+    d2 = sum(float(((part.styles[i] - src[i]) / std[i].clamp_min(1e-30)).square().sum()) for i in conv)
+    assert res.loss_history["l2"][3] == pytest.approx(d2, rel=1e-4)
+    rest = pipe_std(PROMPT, space="s_std", steps=6, progress=False, resume=part.state)
+    for a, b in zip(rest.styles, res.styles):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert torch.allclose(res.images, gen.synthesis_from_styles(res.styles), atol=1e-5)
+    assert all(torch.isfinite(d).all() for d in delta)
+    with pytest.raises(ValueError, match="style_std"):
+        optimize_latent(gen, w_start, lambda x: x.mean(), space="s_std", steps=1)
+    with pytest.raises(ValueError, match="style_std"):
+        optimize_latent(gen, w_start, lambda x: x.mean(), space="s_std", steps=1, style_std=std[:-1])
+    with pytest.raises(ValueError, match="style_std"):
+        optimize_latent(gen, w_start, lambda x: x.mean(), space="s", steps=1, style_std=std)
+
+
+def test_anchored_clip_loss(pipe, gen, w_start):
+    """``clip_loss='anchored'``: the target is the source's own CLIP embedding moved along Δt:
+    at the source the loss is 1 − cos(f_s, unit(f_s + step·Δt)); step 0 makes the source the
+    optimum (zero loss); the optimisation lowers it."""
+    loss = pipe.clip_loss
+    d = loss.text_direction(PROMPT, "a person")
+    with torch.no_grad():
+        src = loss.image_features(gen.synthesis(w_start))
+    target = F.normalize(src + 0.7 * d, dim=-1)
+    res = pipe(PROMPT, w_start, neutral="a person", clip_loss="anchored", anchor_step=0.7, steps=12, progress=False)
+    h = res.loss_history
+    assert h["clip"][0] == pytest.approx(float(1 - (src * target).sum()), abs=1e-5)
+    assert min(h["clip"][1:]) < h["clip"][0] - 1e-3
+    with torch.no_grad():
+        final = 1 - (loss.image_features(res.images) * target).sum()
+    assert float(final) < h["clip"][0]
+    still = pipe(PROMPT, w_start, neutral="a person", clip_loss="anchored", anchor_step=0.0, steps=1, progress=False)
+    assert still.loss_history["clip"][0] == pytest.approx(0.0, abs=1e-5)
+
+
 def test_free_generation(pipe, gen):
     res = pipe(PROMPT, mode="free_generation", seed=1, steps=6, progress=False)
     start = pipe.initial_latent("free_generation", seed=1)
@@ -287,6 +350,11 @@ def test_single_latent_gets_batch_axis(pipe, gen, w_start):
     (dict(neutral="  "), "neutral"),
     (dict(neutral="hair", mode="free_generation"), "neutral"),
     (dict(neutral=PROMPT), "identical CLIP text features"),
+    (dict(clip_loss="anchored"), "neutral"),
+    (dict(clip_loss="directional"), "neutral"),
+    (dict(neutral="hair", clip_loss="global"), "neutral"),
+    (dict(clip_loss="nada"), "clip_loss"),
+    (dict(neutral="hair", clip_loss="anchored", anchor_step=-1.0), "anchor_step"),
 ])
 def test_errors(gen, clip_model, pipe, w_start, kwargs, match):
     kwargs = dict(kwargs)

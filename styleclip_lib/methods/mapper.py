@@ -366,6 +366,12 @@ class MapperTrainer:
             world ("purple hair", 1000 Ranger steps, 20 held-out faces): success 0.05, collateral
             0.05, against 0.20 / 0.45 for the reference loss; at the reference latent-L2 weight
             the directional mapper barely edits.
+        clip_loss: ``'global'`` (reference), ``'directional'`` (above) or ``'anchored'``: each
+            edit's target is the source image's own CLIP embedding moved ``anchor_step`` along
+            the text direction (see :class:`~styleclip_lib.methods.optimization.LatentOptimization`);
+            ``None``: ``'directional'`` with ``neutral``, else ``'global'``.  The text-pair
+            losses need ``neutral``.
+        anchor_step: the anchored target's step along the text direction.
     """
 
     def __init__(self, generator: Any, clip_model: Any, identity_model: Any = None, *, description: str,
@@ -378,7 +384,8 @@ class MapperTrainer:
                  board_interval: int = 50, val_batch_size: int = 4, val_max_samples: Optional[int] = 201,
                  num_val_images: int = 8, exp_dir: Optional[PathLike] = None, save_generator: bool = True,
                  clip_normalize: bool = True, validate_at_start: bool = True, resume_from: Optional[PathLike] = None,
-                 device: Any = None, seed: int = 0, neutral: Optional[str] = None):
+                 device: Any = None, seed: int = 0, neutral: Optional[str] = None, clip_loss: Optional[str] = None,
+                 anchor_step: float = 1.0):
         from ..device import resolve_device
         from ..losses.clip_loss import CLIPLoss
         from ..losses.id_loss import IDLoss
@@ -439,6 +446,14 @@ class MapperTrainer:
             self.id_loss = identity_model.to(self.device) if isinstance(identity_model, nn.Module) else identity_model
         self.clip_loss = CLIPLoss(self.clip_model, normalize=clip_normalize)
         self.clip_loss.encode_prompt(self.description)  # tokenizes now: a bad prompt fails here, not at step 1
+        from .optimization import CLIP_LOSSES, _check_choice, _check_number
+
+        self.clip_loss_kind = _check_choice("directional" if clip_loss is None and neutral is not None else clip_loss or "global",
+                                            CLIP_LOSSES, "clip_loss")
+        self.anchor_step = _check_number(anchor_step, "anchor_step")
+        if (self.clip_loss_kind == "global") != (neutral is None):
+            raise ValueError(f"neutral: clip_loss={self.clip_loss_kind!r} " + (
+                "does not use a neutral text" if neutral is not None else "needs a neutral text (e.g. 'hair' for 'purple hair')"))
         self.neutral = None if neutral is None else check_prompt(neutral, name="neutral")
         self._clip_direction = None if neutral is None else self.clip_loss.text_direction(self.description, self.neutral)
 
@@ -586,10 +601,14 @@ class MapperTrainer:
             logs["loss_id"] = float(loss_id.detach())
             loss = loss + self.lambdas["id"] * loss_id
         if self.lambdas["clip"] > 0:
-            if self._clip_direction is not None:
+            if self.clip_loss_kind == "directional":
                 with torch.no_grad():
                     source = self.clip_loss.image_features(x)
                 loss_clip = self.clip_loss.directional(x_hat, source, self._clip_direction).mean()
+            elif self.clip_loss_kind == "anchored":
+                with torch.no_grad():
+                    target = self.clip_loss.image_features(x) + self.anchor_step * self._clip_direction.to(x.device)
+                loss_clip = self.clip_loss(x_hat, target / target.norm(dim=-1, keepdim=True)).mean()
             else:
                 loss_clip = self.clip_loss(x_hat, self.description).mean()
             logs["loss_clip"] = float(loss_clip.detach())
@@ -647,7 +666,7 @@ class MapperTrainer:
             "device": str(self.device),
             # kit additions
             "clip_normalize": bool(self.clip_normalize), "seed": self.seed, "truncation": self.truncation,
-            "neutral": self.neutral,
+            "neutral": self.neutral, "clip_loss": self.clip_loss_kind, "anchor_step": self.anchor_step,
             "trainer": "styleclip_lib.methods.mapper.MapperTrainer",
         }
 

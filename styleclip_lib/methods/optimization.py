@@ -51,12 +51,29 @@ reproduced):
   models' parameters never accumulate ``.grad`` whatever their ``requires_grad``.
 * Interruption and resumption (callback stop, Ctrl-C, ``resume=``) and loss histories
   are additions; nothing in them changes the arithmetic.
-* ``neutral=`` (an addition, off by default) replaces the CLIP term with the directional
-  CLIP loss of StyleGAN-NADA, ``1 − cos(f(G(w)) − f(G(w_s)), f(t) − f(t_neutral))``.
-  Measured in the toy world (25 prompts x 10 faces, 40 steps, l2 0.008): success 0.46 vs
-  0.55 for the reference loss, collateral 0.74 vs 0.94, clean success (target reached,
-  nothing else changed) 0.10 vs 0.03, identity drift 0.14 vs 0.10: fewer unrequested
-  attribute changes, more geometry drift.
+* ``clip_loss=`` / ``neutral=`` (additions, off by default) pair the prompt with a neutral text
+  (``'hair'`` for ``'purple hair'``, ``Δt = unit(f(t) − f(t_neutral))``):
+
+  - ``'directional'`` (StyleGAN-NADA): ``1 − cos(f(G(w)) − f(G(w_s)), Δt)``;
+  - ``'anchored'``: ``1 − cos(f(G(w)), unit(f(G(w_s)) + anchor_step·Δt))``, the source's own
+    CLIP embedding moved along Δt.  Why: the global loss ``1 − cos(f(G(w)), f(t))`` is also
+    lowered by moving everything the text does not mention toward whatever CLIP's text feature
+    happens to prefer (measured: "a smiling face" turned hair green); the anchored target keeps
+    every other component of the image's embedding where it was.
+
+* ``space='s_std'`` (an addition): the conv StyleSpace codes in units of each channel's std
+  (:func:`optimize_latent`); with Adam every channel then moves in σ steps, as global directions'
+  edits do.
+
+  Measured in the toy world (``toy.evaluate --methods optimize``, 25 prompts x 20 faces, 40
+  steps; success / collateral / clean success): reference (W+, global loss, lr 0.1, l2 0.008)
+  RESULT_REF; ``space='s_std', clip_loss='anchored', lr=0.2, l2_lambda=0.002`` RESULT_NEW.
+  What limits it: for the discrete attributes (hair style, beard, glasses, mouth) the CLIP
+  gradient at the source is uninformative — its cosine with the channel relevance fs3·Δt (the
+  average over many faces of what each channel does to CLIP) is 0.00 ± 0.05, against 0.1–0.35
+  for colours — because the toy generator's attribute changes are steps: a beard code just below
+  its threshold draws no beard and moving it slightly changes no pixel.  Global directions, which
+  uses that average instead of the local gradient, reaches those edits.
 """
 from __future__ import annotations
 
@@ -85,7 +102,9 @@ __all__ = [
 ]
 
 MODES = ("edit", "free_generation")
-SPACES = ("w+", "w", "s")
+CLIP_LOSSES = ("global", "directional", "anchored")
+SPACES = ("w+", "w", "s", "s_std")
+STYLE_SPACES = ("s", "s_std")
 SCHEDULES = ("kit", "reference")
 STATE_VERSION = 1
 
@@ -173,7 +192,10 @@ def _check_space(space) -> str:
         return "s"
     if isinstance(space, str) and space.lower() == "w":
         return "w"
-    raise ValueError(f"space: expected 'w+', 'w' (one offset shared by every W+ row) or 's' (StyleSpace), got {space!r}")
+    if isinstance(space, str) and space.lower() in ("s_std", "s-std"):
+        return "s_std"
+    raise ValueError("space: expected 'w+', 'w' (one offset shared by every W+ row), 's' (StyleSpace) or 's_std' "
+                     f"(StyleSpace in units of each channel's std), got {space!r}")
 
 
 def _model_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -361,6 +383,7 @@ def optimize_latent(
     source_images: Optional[torch.Tensor] = None,
     noise_mode: str = "const",
     desc: str = "latent optimisation",
+    style_std: Optional[Sequence[torch.Tensor]] = None,
 ) -> OptimizationResult:
     """The StyleCLIP optimisation loop with any image loss.
 
@@ -378,7 +401,12 @@ def optimize_latent(
         space: ``'w+'`` optimises the whole W+; ``'s'`` only the conv (non-ToRGB) StyleSpace
             codes (the reference ``--work_in_stylespace``), ToRGB codes stay fixed; ``'w'`` (an
             addition) one offset added to every W+ row of the source, the space StyleGAN's
-            mapping moves in (the L2 term is still ‖w+ − w+_src‖², i.e. num_ws·‖offset‖²).
+            mapping moves in (the L2 term is still ‖w+ − w+_src‖², i.e. num_ws·‖offset‖²);
+            ``'s_std'`` (an addition) the conv StyleSpace codes as ``s = s_src + σ·δ`` with
+            ``σ = style_std``, optimising ``δ`` and taking the L2 term ``‖δ‖²`` in σ units.
+            Why: Adam moves every parameter by about lr per step whatever its scale, so in raw S
+            a channel with σ = 0.05 and one with σ = 2 move alike; in σ units every channel
+            moves in the steps global directions takes (α·σ).
         steps: length of the schedule.  When resuming, the loop continues from the state's
             step up to ``steps`` (pass the same value to finish an interrupted run).
         lr, lr_rampup, lr_rampdown, schedule: see :func:`schedule_lrs`.
@@ -394,6 +422,9 @@ def optimize_latent(
             ``result.latent_history`` (W+ tensors, or lists of the optimised S codes).
         source_images: the images of ``latent_init`` if already computed.
         noise_mode: generator noise (``'const'`` = reference ``randomize_noise=False``).
+        style_std: ``space='s_std'`` only: per-layer (C_l,) std of every StyleSpace layer
+            (ToRGB included, as :func:`~styleclip_lib.global_directions.style_statistics`
+            returns them).  A resumed run uses the state's.
 
     A ``KeyboardInterrupt`` during the loop is caught: the partial result
     (``stopped='interrupted'``, with a resumable ``state``) is returned instead of lost.
@@ -408,6 +439,19 @@ def optimize_latent(
     schedule = _check_choice(schedule, SCHEDULES, "schedule")
     weights = dict(loss_weights or {})
     device, dtype = _model_device_dtype(generator)
+    styled = space in STYLE_SPACES
+    if resume is not None and space == "s_std":
+        style_std = resume.get("style_std")
+    if space == "s_std":
+        if style_std is None:
+            raise ValueError("style_std: space='s_std' needs the per-layer StyleSpace std (global_directions.style_statistics)")
+        from ..global_directions import _layer_std_list
+
+        style_std = [s.to(device=device, dtype=dtype) for s in _layer_std_list(list(style_std), generator.style_channels)]
+        if any(bool((s < 0).any()) for s in style_std):
+            raise ValueError("style_std: expected non-negative standard deviations")
+    elif style_std is not None:
+        raise ValueError(f"style_std: only used with space='s_std', got space={space!r}")
 
     if resume is not None:
         state = _check_state(resume, space)
@@ -437,29 +481,43 @@ def optimize_latent(
             raise ValueError("resume: a space='w' state differs from its source by the same offset on every row; "
                              "this one does not (made with another space?)")
         params = [offset[:, 0].detach().clone().requires_grad_(True)]
-    else:
+    elif space == "s":
         n = source[0].shape[0]
         conv_idx = list(generator.conv_style_indices)
         fixed = [s.detach().clone() for s in current]
         params = [fixed[i].clone().requires_grad_(True) for i in conv_idx]
-    src_opt = [source] if space == "w+" else [torch.zeros_like(params[0])] if space == "w" else [source[i] for i in conv_idx]
+    else:
+        n = source[0].shape[0]
+        conv_idx = list(generator.conv_style_indices)
+        fixed = [s.detach().clone() for s in source]
+        # δ = (s − s_src)/σ; a channel with σ = 0 never varies and keeps δ = 0
+        params = [torch.where(style_std[i] > 0, (current[i] - source[i]) / style_std[i].clamp_min(1e-30), 0.0)
+                  .detach().clone().requires_grad_(True) for i in conv_idx]
+    src_opt = [source] if space == "w+" else [source[i] for i in conv_idx] if space == "s" else \
+        [torch.zeros_like(p) for p in params]
     # space='w': ‖w+ − w+_src‖² of a shared offset is num_ws·‖offset‖²
     l2_scale = float(source.shape[1]) if space == "w" else 1.0
 
     def latent_of(ps) -> torch.Tensor:
         return ps[0] if space == "w+" else source + ps[0][:, None, :]
 
+    def conv_styles(ps) -> list[torch.Tensor]:
+        return list(ps) if space == "s" else [source[i] + style_std[i] * p for i, p in zip(conv_idx, ps)]
+
+    def styles_of(ps) -> list[torch.Tensor]:
+        styles = list(fixed)
+        for i, s in zip(conv_idx, conv_styles(ps)):
+            styles[i] = s
+        return styles
+
     def render(ps) -> torch.Tensor:
         if space in ("w+", "w"):
             return generator.synthesis(latent_of(ps), noise_mode=noise_mode)
-        styles = list(fixed)
-        for i, p in zip(conv_idx, ps):
-            styles[i] = p
-        return generator.synthesis_from_styles(styles, noise_mode=noise_mode)
+        return generator.synthesis_from_styles(styles_of(ps), noise_mode=noise_mode)
 
     if source_images is None:
         with torch.no_grad():
-            source_images = generator.synthesis(source, noise_mode=noise_mode) if space != "s" else \
+            source_images = generator.synthesis(source, noise_mode=noise_mode) if not styled else \
                 generator.synthesis_from_styles(source, noise_mode=noise_mode)
     source_images = source_images.detach()
 
@@ -511,8 +569,8 @@ def optimize_latent(
             history.setdefault("total", []).append(losses["total"])
             sample_history.setdefault("total", []).append([float(v) for v in per_total.cpu()] if per_ok else None)
             if latent_history is not None:
-                latent_history.append(latent_of(params).detach().cpu().clone() if space != "s"
-                                      else [p.detach().cpu().clone() for p in params])
+                latent_history.append(latent_of(params).detach().cpu().clone() if not styled
+                                      else [p.detach().cpu().clone() for p in conv_styles(params)])
             frame = None
             if every and i % every == 0:
                 with torch.no_grad():
@@ -537,20 +595,19 @@ def optimize_latent(
             del d[k][done:]
     with torch.no_grad():
         images = render(params).detach()
-    if space != "s":
+    if not styled:
         final = latent_of(params).detach().clone()
         final_styles = None
     else:
-        final_styles = list(fixed)
-        for i, p in zip(conv_idx, params):
-            final_styles[i] = p.detach().clone()
+        with torch.no_grad():
+            final_styles = [s.detach().clone() for s in styles_of(params)]
         final = final_styles
     opt_state = copy.deepcopy(optimizer.state_dict())
     state = {
         "version": STATE_VERSION,
         "space": space,
-        "latent": final if space != "s" else [s.clone() for s in final_styles],
-        "source": source.clone() if space != "s" else [s.clone() for s in source],
+        "latent": final if not styled else [s.clone() for s in final_styles],
+        "source": source.clone() if not styled else [s.clone() for s in source],
         "optimizer": opt_state,
         "step": done,
         "steps": steps,
@@ -562,10 +619,12 @@ def optimize_latent(
         "loss_history": copy.deepcopy(history),
         "sample_loss_history": copy.deepcopy(sample_history),
     }
+    if space == "s_std":
+        state["style_std"] = [s.clone() for s in style_std]
     return OptimizationResult(
         images=images,
         source_images=source_images,
-        w_plus=final if space != "s" else None,
+        w_plus=final if not styled else None,
         styles=final_styles,
         loss_history=history,
         sample_loss_history=sample_history,
@@ -606,13 +665,16 @@ class LatentOptimization:
             distribution; ``False``: feed the raw [-1, 1] image as the reference does.
         device: where to run; ``None`` keeps the generator's device (the other models are
             moved there).  A given device moves all models (``Module.to``, in place).
+        style_std: per-layer StyleSpace std for ``space='s_std'`` (or a zero-argument callable
+            returning it, called on first use); ``None``: computed from 10 000 samples of the
+            generator on first use (``global_directions.style_statistics``).
 
     The models are used as they are (eval mode is the caller's business; ``load_*``
     return eval models); no parameter of theirs receives gradients.
     """
 
     def __init__(self, generator: nn.Module, clip_model: nn.Module, identity_model: Optional[nn.Module] = None, *,
-                 clip_loss_mode: str = "cosine", clip_normalize: bool = True, device=None):
+                 clip_loss_mode: str = "cosine", clip_normalize: bool = True, device=None, style_std=None):
         if device is not None:
             from ..device import resolve_device
 
@@ -626,6 +688,17 @@ class LatentOptimization:
         self.identity_model = identity_model.to(device) if isinstance(identity_model, nn.Module) else identity_model
         self.clip_loss = CLIPLoss(self.clip_model, mode=_check_choice(clip_loss_mode, ("cosine", "reference"), "clip_loss_mode"),
                                   normalize=bool(clip_normalize))
+        self._style_std = style_std
+
+    def style_std(self) -> list[torch.Tensor]:
+        """Per-layer StyleSpace std used by ``space='s_std'`` (computed once if not given)."""
+        if callable(self._style_std):
+            self._style_std = self._style_std()
+        if self._style_std is None:
+            from ..global_directions import style_statistics
+
+            self._style_std = style_statistics(self.generator, n=10_000, progress=False)[1]
+        return self._style_std
 
     # ---- starting latents
     def mean_latent(self, n: int = 4096, seed: Optional[int] = None) -> torch.Tensor:
@@ -669,6 +742,8 @@ class LatentOptimization:
         l2_lambda: float = 0.008,
         id_lambda: float = 0.0,
         neutral: Optional[str] = None,
+        clip_loss: Optional[str] = None,
+        anchor_step: float = 1.0,
         truncation: float = 0.7,
         seed: Optional[int] = None,
         num_images: int = 1,
@@ -689,8 +764,9 @@ class LatentOptimization:
             mode: ``'edit'``: loss = CLIP + l2_lambda·‖w − w_src‖² + id_lambda·ID.
                 ``'free_generation'``: loss = CLIP only (``l2_lambda``/``id_lambda`` unused);
                 without ``latent`` the start is the mean latent.
-            space: ``'w+'``, ``'s'`` (optimise the conv StyleSpace codes only; ToRGB fixed) or
-                ``'w'`` (one offset shared by every W+ row; see :func:`optimize_latent`).
+            space: ``'w+'``, ``'s'`` (optimise the conv StyleSpace codes only; ToRGB fixed),
+                ``'s_std'`` (the same in units of each channel's std, L2 in σ units) or
+                ``'w'`` (one offset shared by every W+ row); see :func:`optimize_latent`.
             steps: Adam steps (the schedule length; see ``resume``).  Reference default 300.
             lr, lr_rampup, lr_rampdown: peak lr and ramp fractions of :func:`lr_schedule`.
             l2_lambda: L2 weight (reference 0.008; the notebook also uses 0.005 for ID).
@@ -699,6 +775,14 @@ class LatentOptimization:
                 such as ``'hair'`` for ``'purple hair'`` switches it to the *directional*
                 CLIP loss ``1 − cos(f(G(w)) − f(G(w_s)), f(prompt) − f(neutral))``
                 (:meth:`~styleclip_lib.losses.clip_loss.CLIPLoss.directional`; mode ``'edit'`` only).
+            clip_loss: ``'global'`` (reference, ``1 − cos(f(G(w)), f(prompt))``),
+                ``'directional'`` (above) or ``'anchored'``: ``1 − cos(f(G(w)), e)`` with the
+                target ``e = normalise(f(G(w_s)) + anchor_step·Δt)``, the source's own CLIP
+                embedding moved along the text direction ``Δt = unit(f(prompt) − f(neutral))``.
+                ``None``: ``'directional'`` when ``neutral`` is given, else ``'global'``.
+                The two text-pair losses need ``neutral`` and mode ``'edit'``.
+            anchor_step: how far along ``Δt`` the anchored target lies (unit CLIP features;
+                ``clip_loss='anchored'`` only).
             truncation: ψ for the random start latent (reference 0.7; unused with ``latent``).
             seed: seed of the random start and of the mean latent; ``None`` draws one from
                 torch's global RNG (recorded in ``result.seed``).
@@ -742,10 +826,18 @@ class LatentOptimization:
         num_images = _check_steps(num_images, "num_images")
         if mode == "free_generation":
             l2_lambda, id_lambda = 0.0, 0.0
-        if neutral is not None:
+        if clip_loss is None:
+            clip_loss = "directional" if neutral is not None else "global"
+        clip_loss = _check_choice(clip_loss, CLIP_LOSSES, "clip_loss")
+        anchor_step = _check_number(anchor_step, "anchor_step")
+        if clip_loss != "global":
+            if neutral is None:
+                raise ValueError(f"neutral: clip_loss={clip_loss!r} needs a neutral text (e.g. 'hair' for 'purple hair')")
             neutral = check_prompt(neutral, "neutral")
             if mode != "edit":
-                raise ValueError("neutral: the directional CLIP loss compares with a source image; use mode='edit'")
+                raise ValueError(f"neutral: the {clip_loss} CLIP loss compares with a source image; use mode='edit'")
+        elif neutral is not None:
+            raise ValueError("neutral: only used by clip_loss='directional' or 'anchored', got clip_loss='global'")
 
         g = self.generator
         device, dtype = _model_device_dtype(g)
@@ -766,14 +858,17 @@ class LatentOptimization:
             start = _prepare_latent(g, latent, space, device, dtype)
             source = start
         with torch.no_grad():
-            source_images = g.synthesis(source, noise_mode="const") if space != "s" else \
+            source_images = g.synthesis(source, noise_mode="const") if space not in STYLE_SPACES else \
                 g.synthesis_from_styles(source, noise_mode="const")
 
         text_features = self.clip_loss.encode_prompt(text)
-        if neutral is not None:
+        if clip_loss != "global":
             direction = self.clip_loss.text_direction(text, neutral)
             with torch.no_grad():
                 source_clip = self.clip_loss.image_features(source_images)
+            if clip_loss == "anchored":
+                target = source_clip + anchor_step * direction.to(source_clip.device)
+                text_features = target / target.norm(dim=-1, keepdim=True)
         embed = None
         src_feats = None
         if id_lambda > 0:
@@ -782,9 +877,9 @@ class LatentOptimization:
                 src_feats = embed(source_images).detach()
 
         def loss_fn(images: torch.Tensor) -> dict:
-            if neutral is not None:
+            if clip_loss == "directional":
                 terms = {"clip": self.clip_loss.directional(images, source_clip, direction)}
-            else:
+            else:  # global: the prompt's features; anchored: one target per source image
                 terms = {"clip": self.clip_loss(images, text_features)}
             if embed is not None:
                 terms["id"] = 1.0 - (embed(images) * src_feats).sum(dim=1)
@@ -795,6 +890,7 @@ class LatentOptimization:
             l2_lambda=l2_lambda, loss_weights={"clip": 1.0, "id": id_lambda}, schedule=schedule,
             save_intermediate_every=save_intermediate_every, progress=progress, callback=callback, resume=resume,
             source_images=source_images, desc=f"StyleCLIP {text[:30]!r}",
+            style_std=self.style_std() if space == "s_std" and resume is None else None,
         )
         result.state["mode"] = mode
         result.state["seed"] = seed

@@ -227,6 +227,15 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _mapper_prompt(prompt: str) -> dict:
+    from .captions import EDIT_PROMPTS
+
+    for p, attr, value in EDIT_PROMPTS:
+        if p == prompt:
+            return {"prompt": p, "attr": attr, "value": value}
+    raise SystemExit(f"--mapper-prompt: expected one of {', '.join(repr(p) for p, _, _ in EDIT_PROMPTS)}, got {prompt!r}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m styleclip_lib.toy.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", default=str(WEIGHTS_DIR))
@@ -240,10 +249,15 @@ def main(argv=None) -> int:
     ap.add_argument("--alpha", type=float, default=6.0, help="global directions strength (reference GUI: 4.1)")
     ap.add_argument("--beta", type=float, default=0.15)
     ap.add_argument("--opt-steps", type=int, default=40)
-    ap.add_argument("--opt-space", default="w+", choices=("w+", "w", "s"), help="optimisation space (reference: w+)")
+    ap.add_argument("--opt-space", default="w+", choices=("w+", "w", "s", "s_std"), help="optimisation space (reference: w+)")
+    ap.add_argument("--opt-lr", type=float, default=0.1, help="optimisation peak lr (reference 0.1)")
     ap.add_argument("--opt-l2", type=float, default=0.008, help="optimisation l2_lambda (reference 0.008)")
-    ap.add_argument("--opt-directional", action="store_true", help="directional CLIP loss against the neutral prompt")
+    ap.add_argument("--opt-clip-loss", default="global", choices=("global", "directional", "anchored"),
+                    help="optimisation CLIP term (reference: global); the others pair the prompt with its neutral text")
+    ap.add_argument("--opt-anchor-step", type=float, default=1.0, help="anchored CLIP loss: step along the text direction")
     ap.add_argument("--mapper-steps", type=int, default=1000)
+    ap.add_argument("--mapper-prompt", default="purple hair", help="the mapper's prompt (an edit prompt of toy.captions)")
+    ap.add_argument("--mapper-clip-loss", default="global", choices=("global", "directional", "anchored"))
     a = ap.parse_args(argv)
     if Path(a.weights).resolve() != WEIGHTS_DIR.resolve():
         import os
@@ -256,8 +270,9 @@ def main(argv=None) -> int:
 
         report["methods"] = evaluate_methods(a.faces, a.seed, methods, **{
             "global": {"alpha": a.alpha, "beta": a.beta},
-            "optimize": {"steps": a.opt_steps, "space": a.opt_space, "l2_lambda": a.opt_l2, "directional": a.opt_directional},
-            "mapper": {"steps": a.mapper_steps}})
+            "optimize": {"steps": a.opt_steps, "space": a.opt_space, "lr": a.opt_lr, "l2_lambda": a.opt_l2,
+                         "clip_loss": a.opt_clip_loss, "anchor_step": a.opt_anchor_step},
+            "mapper": {"steps": a.mapper_steps, "clip_loss": a.mapper_clip_loss, **_mapper_prompt(a.mapper_prompt)}})
     text = json.dumps(report, indent=2)
     print(text)
     print(table(report), file=sys.stderr)

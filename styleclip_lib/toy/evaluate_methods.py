@@ -126,22 +126,27 @@ def evaluate_global(models, judge, w_plus, pred, n_faces: int, alpha: float = 4.
 
 
 def evaluate_optimization(models, judge, w_plus, pred, n_faces: int, steps: int = 40, l2_lambda: float = 0.008,
-                          directional: bool = False, space: str = "w+", prompts=EDIT_PROMPTS) -> dict:
-    """``directional``: the directional CLIP loss against the attribute's neutral prompt
-    (``LatentOptimization(..., neutral=)``) instead of the reference's global loss."""
+                          clip_loss: str = "global", space: str = "w+", lr: float = 0.1, anchor_step: float = 1.0,
+                          prompts=EDIT_PROMPTS) -> dict:
+    """``clip_loss``: ``'global'`` (reference) or a text-pair loss (``'directional'``,
+    ``'anchored'``) against the attribute's neutral prompt; see ``LatentOptimization``."""
     opt = models.optimizer()
 
     def edit(w, prompt, attr):
-        neutral = neutral_prompt_for(attr) if directional else None
-        return opt(prompt, w, steps=steps, l2_lambda=l2_lambda, neutral=neutral, space=space, progress=False).images
+        neutral = neutral_prompt_for(attr) if clip_loss != "global" else None
+        return opt(prompt, w, steps=steps, lr=lr, l2_lambda=l2_lambda, neutral=neutral, clip_loss=clip_loss,
+                   anchor_step=anchor_step, space=space, progress=False).images
 
     res = score_prompts("latent_optimization", edit, judge, w_plus, pred, n_faces, prompts).summary()
-    res.update(steps=steps, l2_lambda=l2_lambda, clip_loss="directional" if directional else "global", space=space)
+    res.update(steps=steps, lr=lr, l2_lambda=l2_lambda, clip_loss=clip_loss, space=space)
+    if clip_loss == "anchored":
+        res["anchor_step"] = anchor_step
     return res
 
 
 def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", attr: str = "hair_color", value: str = "purple",
-                    steps: int = 1000, seed: int = 7, exp_dir=None, directional: bool = False) -> dict:
+                    steps: int = 1000, seed: int = 7, exp_dir=None, clip_loss: str = "global",
+                    anchor_step: float = 1.0) -> dict:
     """Train one mapper on sampled latents (the reference optimiser: Ranger, lr 0.5; measured on
     "purple hair" at 1000 steps it matches Adam 0.05's success with half the collateral), then
     score it on held-out faces (other seed)."""
@@ -155,7 +160,8 @@ def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", at
         trainer = MapperTrainer(g, models.clip, description=prompt, optimizer="ranger", learning_rate=0.5, batch_size=8,
                                 max_steps=steps, val_interval=steps, save_interval=steps, image_interval=steps,
                                 num_samples=2000, num_val_samples=64, id_lambda=0.0, exp_dir=exp_dir or tmp, seed=seed,
-                                neutral=neutral_prompt_for(attr) if directional else None)
+                                neutral=neutral_prompt_for(attr) if clip_loss != "global" else None,
+                                clip_loss=clip_loss, anchor_step=anchor_step)
         result = trainer.train(progress=False)
     train_seconds = time.time() - t
     w_plus, _, pred = source_faces(g, judge, 4 * n_faces, seed + 1000)
@@ -166,8 +172,7 @@ def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", at
         out = LatentMapperEdit(g, result.mapper)(w_plus[idx])
     score.add(prompt, *score_edits(judge, pred, idx, out.images, attr, value), time.time() - t)
     res = score.summary()
-    res.update(prompt=prompt, train_steps=steps, train_seconds=train_seconds,
-               clip_loss="directional" if directional else "global")
+    res.update(prompt=prompt, train_steps=steps, train_seconds=train_seconds, clip_loss=clip_loss)
     return res
 
 
