@@ -371,7 +371,10 @@ class MapperTrainer:
             the text direction (see :class:`~styleclip_lib.methods.optimization.LatentOptimization`);
             ``None``: ``'directional'`` with ``neutral``, else ``'global'``.  The text-pair
             losses need ``neutral``.
-        anchor_step: the anchored target's step along the text direction.
+        anchor_step: the anchored target's step along the text direction.  Measured in the toy
+            world (1000 Ranger steps, 20 held-out faces, success / collateral): "purple hair"
+            global 0.15 / 0.60 (3000 steps), anchored 0.15 / 0.25; "blue eyes" global 1.00 / 0.10,
+            anchored 1.00 / 0.00.
     """
 
     def __init__(self, generator: Any, clip_model: Any, identity_model: Any = None, *, description: str,

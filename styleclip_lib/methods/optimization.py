@@ -67,7 +67,7 @@ reproduced):
 
   Measured in the toy world (``toy.evaluate --methods optimize``, 25 prompts x 20 faces, 40
   steps; success / collateral / clean success): reference (W+, global loss, lr 0.1, l2 0.008)
-  RESULT_REF; ``space='s_std', clip_loss='anchored', lr=0.2, l2_lambda=0.002`` RESULT_NEW.
+  0.548 / 0.848 / 0.084; ``space='s_std', clip_loss='anchored', lr=0.2, l2_lambda=0.002`` 0.482 / 0.132 / 0.420, 0.47 s per edit (seed 2024).
   What limits it: for the discrete attributes (hair style, beard, glasses, mouth) the CLIP
   gradient at the source is uninformative — its cosine with the channel relevance fs3·Δt (the
   average over many faces of what each channel does to CLIP) is 0.00 ± 0.05, against 0.1–0.35
