@@ -187,6 +187,15 @@ class CLIPLoss(nn.Module):
 
         return text_direction_from_embeddings(self._text_features(target), self._text_features(neutral))[None]
 
+    @staticmethod
+    def anchored_target(source_features: torch.Tensor, direction: torch.Tensor, step: float) -> torch.Tensor:
+        """Unit ``f(source) + step·Δt`` per source image ``[N, D]``: the target of the anchored CLIP
+        loss ``1 − cos(f(image), target)`` (pass it to :meth:`forward` as text features), the
+        source's own embedding moved along the text direction, so that what the text does not
+        mention keeps its share of the embedding."""
+        target = source_features.float() + step * direction.to(source_features.device).float()
+        return target / target.norm(dim=-1, keepdim=True)
+
     def directional(self, image: torch.Tensor, source_features: torch.Tensor, direction: torch.Tensor,
                     eps: float = 0.02) -> torch.Tensor:
         """Directional CLIP loss ``1 − cos(f(image) − f(source), Δt)`` per image ``[N]``

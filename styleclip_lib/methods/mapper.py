@@ -449,15 +449,10 @@ class MapperTrainer:
             self.id_loss = identity_model.to(self.device) if isinstance(identity_model, nn.Module) else identity_model
         self.clip_loss = CLIPLoss(self.clip_model, normalize=clip_normalize)
         self.clip_loss.encode_prompt(self.description)  # tokenizes now: a bad prompt fails here, not at step 1
-        from .optimization import CLIP_LOSSES, _check_choice, _check_number
+        from .optimization import _check_number, resolve_clip_loss
 
-        self.clip_loss_kind = _check_choice("directional" if clip_loss is None and neutral is not None else clip_loss or "global",
-                                            CLIP_LOSSES, "clip_loss")
+        self.clip_loss_kind, self.neutral = resolve_clip_loss(clip_loss, neutral)
         self.anchor_step = _check_number(anchor_step, "anchor_step")
-        if (self.clip_loss_kind == "global") != (neutral is None):
-            raise ValueError(f"neutral: clip_loss={self.clip_loss_kind!r} " + (
-                "does not use a neutral text" if neutral is not None else "needs a neutral text (e.g. 'hair' for 'purple hair')"))
-        self.neutral = None if neutral is None else check_prompt(neutral, name="neutral")
         self._clip_direction = None if neutral is None else self.clip_loss.text_direction(self.description, self.neutral)
 
         self.num_ws, self.w_dim = generator.num_ws, generator.w_dim
@@ -610,8 +605,9 @@ class MapperTrainer:
                 loss_clip = self.clip_loss.directional(x_hat, source, self._clip_direction).mean()
             elif self.clip_loss_kind == "anchored":
                 with torch.no_grad():
-                    target = self.clip_loss.image_features(x) + self.anchor_step * self._clip_direction.to(x.device)
-                loss_clip = self.clip_loss(x_hat, target / target.norm(dim=-1, keepdim=True)).mean()
+                    target = self.clip_loss.anchored_target(self.clip_loss.image_features(x), self._clip_direction,
+                                                            self.anchor_step)
+                loss_clip = self.clip_loss(x_hat, target).mean()
             else:
                 loss_clip = self.clip_loss(x_hat, self.description).mean()
             logs["loss_clip"] = float(loss_clip.detach())

@@ -198,6 +198,21 @@ def _check_space(space) -> str:
                      f"(StyleSpace in units of each channel's std), got {space!r}")
 
 
+def resolve_clip_loss(clip_loss: Optional[str], neutral: Optional[str]) -> tuple[str, Optional[str]]:
+    """Checked ``(clip_loss, neutral)``: ``None`` means ``'directional'`` with a neutral text, else
+    ``'global'``; the text-pair losses need a neutral text, the global one takes none."""
+    if clip_loss is None:
+        clip_loss = "directional" if neutral is not None else "global"
+    clip_loss = _check_choice(clip_loss, CLIP_LOSSES, "clip_loss")
+    if clip_loss == "global":
+        if neutral is not None:
+            raise ValueError("neutral: only used by clip_loss='directional' or 'anchored', got clip_loss='global'")
+        return clip_loss, None
+    if neutral is None:
+        raise ValueError(f"neutral: clip_loss={clip_loss!r} needs a neutral text (e.g. 'hair' for 'purple hair')")
+    return clip_loss, check_prompt(neutral, "neutral")
+
+
 def _model_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
     for p in module.parameters():
         return p.device, p.dtype
@@ -826,18 +841,10 @@ class LatentOptimization:
         num_images = _check_steps(num_images, "num_images")
         if mode == "free_generation":
             l2_lambda, id_lambda = 0.0, 0.0
-        if clip_loss is None:
-            clip_loss = "directional" if neutral is not None else "global"
-        clip_loss = _check_choice(clip_loss, CLIP_LOSSES, "clip_loss")
+        clip_loss, neutral = resolve_clip_loss(clip_loss, neutral)
         anchor_step = _check_number(anchor_step, "anchor_step")
-        if clip_loss != "global":
-            if neutral is None:
-                raise ValueError(f"neutral: clip_loss={clip_loss!r} needs a neutral text (e.g. 'hair' for 'purple hair')")
-            neutral = check_prompt(neutral, "neutral")
-            if mode != "edit":
-                raise ValueError(f"neutral: the {clip_loss} CLIP loss compares with a source image; use mode='edit'")
-        elif neutral is not None:
-            raise ValueError("neutral: only used by clip_loss='directional' or 'anchored', got clip_loss='global'")
+        if clip_loss != "global" and mode != "edit":
+            raise ValueError(f"neutral: the {clip_loss} CLIP loss compares with a source image; use mode='edit'")
 
         g = self.generator
         device, dtype = _model_device_dtype(g)
@@ -867,8 +874,7 @@ class LatentOptimization:
             with torch.no_grad():
                 source_clip = self.clip_loss.image_features(source_images)
             if clip_loss == "anchored":
-                target = source_clip + anchor_step * direction.to(source_clip.device)
-                text_features = target / target.norm(dim=-1, keepdim=True)
+                text_features = self.clip_loss.anchored_target(source_clip, direction, anchor_step)
         embed = None
         src_feats = None
         if id_lambda > 0:
