@@ -15,6 +15,7 @@ def test_tiny_training_exports_loadable_models(tmp_path):
     assert (g.resolution, g.w_dim, g.num_ws) == (64, 128, 10)
     # the synthesis polish stage (hard cases oversampled) ran between synthesis and mapping
     assert torch.load(work / "polish.ckpt", weights_only=False)["step"] == train.TINY_STEPS["polish"]
+    assert torch.load(work / "blend.ckpt", weights_only=False)["step"] == train.TINY_STEPS["blend"]
     img = g.synthesis(g.mapping(torch.randn(2, 128)))
     assert img.shape == (2, 3, 64, 64) and torch.isfinite(img).all()
     clip = load_clip(out / "clip.pt")
@@ -45,7 +46,7 @@ def test_generator_stage_resumes_exactly(tmp_path):
     """Stopped after 2 of 3 steps, then resumed == 3 steps straight (model, optimiser, RNG restored)."""
     def run(work, *extra):
         train.main(["--quiet", "--workdir", str(work), "--no-export", "--batch", "2", "--stages", "generator",
-                    "--steps", "generator=3,polish=2,mapping=3", *extra])
+                    "--steps", "generator=3,polish=2,blend=0,mapping=3", *extra])
         return torch.load(work / "generator.ckpt", weights_only=False)
 
     straight = run(tmp_path / "a")
@@ -264,3 +265,70 @@ def test_constant_torgb_styles_keep_their_mean_and_stay_constant_while_training(
         for m in rgb:
             out = m(torch.randn(5, g.w_dim))
             assert float((out - out[:1]).abs().max()) == 0.0
+
+
+def test_blend_weights_cross_fade_the_two_leading_values():
+    import numpy as np
+
+    e = np.eye(4, dtype=np.float32)
+    for lam in (0.2, 0.4, 0.8):  # on the segment between one-hots: the pixel cross-fade
+        top, second, w = train.blend_weights((1 - lam) * e[1] + lam * e[3])
+        assert {top, second} == {1, 3}
+        assert np.isclose(w, max(lam, 1 - lam)) and (top == 3) == (lam > 0.5)
+    for v in (0, 2):  # a one-hot is its own value, unblended
+        assert train.blend_weights(e[v])[0::2] == (v, 1.0)
+    for k, expect in ((0.5, 0.75), (1.5, 0.75), (2.0, 1.0), (3.0, 1.0)):  # global step: pure target from k = 2
+        top, second, w = train.blend_weights(e[1] + k * (e[3] - 0.25))
+        assert np.isclose(w, expect) and (top == 3) == (k > 1)
+
+
+def test_blended_edit_codes_and_render_blend():
+    import numpy as np
+
+    from styleclip_lib.toy import render as R
+
+    faces = R.sample_params(120, seed=5)
+    vectors, top, second, weight = train.blended_edit_codes(faces, np.random.default_rng(1), p=0.5)
+    cols = train.description_slices()
+    moved = (vectors != faces.to_vectors()).any(1)
+    assert 0.3 < moved.mean() < 0.7 and (weight[~moved] == 1).all()
+    assert (weight >= 0.5).all() and (weight <= 1).all() and (weight[moved] < 1).any()
+    for i in np.nonzero(moved)[0]:  # one attribute per face; top/second are its two largest coefficients
+        diff = [a for a in R.ATTR_NAMES if not np.array_equal(vectors[i, cols[a]], faces[i:i + 1].to_vectors()[0, cols[a]])]
+        assert len(diff) == 1
+        a = R.ATTR_NAMES.index(diff[0])
+        code = vectors[i, cols[diff[0]]]
+        assert train.blend_weights(code) == (top.disc[i, a], second.disc[i, a], weight[i])
+        others = [j for j in range(len(R.ATTR_NAMES)) if j != a]
+        assert (top.disc[i, others] == faces.disc[i, others]).all() and (second.disc[i, others] == faces.disc[i, others]).all()
+    idx = np.nonzero((weight > 0.55) & (weight < 0.95))[0][:3]
+    img = train.render_blend(top[idx], second[idx], weight[idx])
+    w = torch.from_numpy(weight[idx]).view(-1, 1, 1, 1)
+    expect = w * train.render_tensor(top[idx]) + (1 - w) * train.render_tensor(second[idx])
+    torch.testing.assert_close(img, expect)
+
+
+def test_blend_stage_keeps_w_and_the_torgb_styles_fixed(tmp_path):
+    from styleclip_lib.models.stylegan2 import Generator
+    from styleclip_lib.toy import render as R
+
+    torch.manual_seed(0)
+    g = Generator(**{**train.GENERATOR_CONFIG, "channels": {4: 8, 8: 8, 16: 8, 32: 8, 64: 8}, "n_mlp": 1})
+    embed = torch.nn.Linear(R.VECTOR_DIM, g.w_dim)
+    train.own_styles(g, embed)
+    train.constant_torgb_styles(g, embed, n=64)
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    embed_before = embed.weight.detach().clone()
+    train.train_blend(g, embed, tmp_path, steps=2, seed=0, quiet=True, batch=2)
+    after = g.state_dict()
+    assert torch.equal(embed.weight, embed_before)
+    for k, v in before.items():
+        if k.startswith("style."):  # the mapping is not the blend stage's
+            assert torch.equal(after[k], v), k
+    rgb = [conv.modulation for _, conv, _, is_rgb in g.style_layers() if is_rgb]
+    with torch.no_grad():
+        for m in rgb:
+            out = m(torch.randn(5, g.w_dim))
+            assert float((out - out[:1]).abs().max()) == 0.0
+    assert any(not torch.equal(after[k], v) for k, v in before.items() if "convs" in k or "conv1" in k)
+    assert torch.load(tmp_path / "blend.ckpt", weights_only=False)["step"] == 2

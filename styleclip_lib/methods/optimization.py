@@ -67,13 +67,16 @@ reproduced):
 
   Measured in the toy world (``toy.evaluate --methods optimize``, 25 prompts x 20 faces, 40
   steps; success / collateral / clean success): reference (W+, global loss, lr 0.1, l2 0.008)
-  0.548 / 0.848 / 0.084; ``space='s_std', clip_loss='anchored', lr=0.2, l2_lambda=0.002`` 0.482 / 0.132 / 0.420, 0.47 s per edit (seed 2024).
-  What limits it: for the discrete attributes (hair style, beard, glasses, mouth) the CLIP
-  gradient at the source is uninformative — its cosine with the channel relevance fs3·Δt (the
-  average over many faces of what each channel does to CLIP) is 0.00 ± 0.05, against 0.1–0.35
-  for colours — because the toy generator's attribute changes are steps: a beard code just below
-  its threshold draws no beard and moving it slightly changes no pixel.  Global directions, which
-  uses that average instead of the local gradient, reaches those edits.
+  0.548 / 0.848 / 0.084; ``space='s_std', clip_loss='anchored', lr=0.2, l2_lambda=0.002`` 0.482 / 0.132 / 0.420, 0.47 s per edit (seed 2024),
+  on the v6 toy generator.  What limited it there: for the discrete attributes (hair style,
+  beard, glasses, mouth) the CLIP gradient at the source was uninformative — its cosine with the
+  channel relevance fs3·Δt (the average over many faces of what each channel does to CLIP) was
+  0.00 ± 0.05, against 0.1–0.35 for colours — because that generator's attribute changes were
+  steps: a beard code just below its threshold drew no beard and moving it slightly changed no
+  pixel.  The v7 generator is fine-tuned to cross-fade between values (``toy.train.train_blend``),
+  as a real StyleGAN2 changes smoothly: the same knobs then give 0.540 / 0.172 / 0.452 (smile
+  0.65, glasses 0.65, bald 0.35; beard, long hair, mohawk still ≤ 0.05).  Global directions,
+  which uses the average instead of the local gradient, reaches those edits.
 """
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def weights_path(name: str = "toy", kind: str | None = None):
     if not path.exists():
         raise FileNotFoundError(
             f"toy-world weights {path} are missing from this installation; train them with "
-            "`python -m styleclip_lib.toy.train` (about 2 h 40 min on 2 CPU cores, resumable)")
+            "`python -m styleclip_lib.toy.train` (about 2 h 50 min on 2 CPU cores, resumable)")
     return path
 
 

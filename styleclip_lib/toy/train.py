@@ -15,8 +15,9 @@ Stages (each seeded, resumable from ``--workdir``, with a progress bar):
                  (:func:`own_styles`), so StyleSpace is disentangled as the methods assume.  A short
                  ``polish`` of the synthesis with hard cases oversampled (:data:`POLISH`) follows, in
                  which the ToRGB styles become constants (:func:`constant_torgb_styles`: colour must
-                 then come through the conv channels that global directions edits), then the
-                 mapping regression.
+                 then come through the conv channels that global directions edits), a ``blend``
+                 fine-tune on codes between attribute values (:func:`train_blend`, cross-faded
+                 renders), then the mapping regression.
 4. ``encoder``   e4e-like ``ToyEncoder`` image → W+, supervised by the true W+ of generator samples
                  and by reconstruction through the frozen generator.
 5. ``clip``      the same ``CLIP`` class (ViT, real BPE tokenizer, context 77), contrastive on renders
@@ -62,10 +63,10 @@ CLIP_CONFIG = dict(embed_dim=64, image_resolution=IMAGE_SIZE, vision_layers=4, v
                    context_length=77, vocab_size=49408, transformer_width=128, transformer_heads=2, transformer_layers=3)
 
 # Steps per stage and the tiny smoke-test schedule.  Full run on 2 cores of an AMX CPU (bf16), from measured
-# step times: about 2 h 40 min (synthesis ~45 min, polish 14, mapping 12, encoder 17, CLIP phases ~60, judge +
+# step times: about 2 h 50 min (synthesis ~45 min, polish 14, blend 9, mapping 12, encoder 17, CLIP phases ~60, judge +
 # identity 12, fs3 1).  ``fs3`` counts samples of the correlational fs3 (``worlds.FS3_METHOD``).
-FULL_STEPS = dict(judge=1500, identity=1500, generator=7500, polish=2500, mapping=40000, encoder=2250, clip=2200, clip_pairs=600, clip_align=600, fs3=4000)
-TINY_STEPS = dict(judge=3, identity=3, generator=3, polish=2, mapping=3, encoder=3, clip=3, clip_pairs=2, clip_align=2, fs3=2)
+FULL_STEPS = dict(judge=1500, identity=1500, generator=7500, polish=2500, blend=1500, mapping=40000, encoder=2250, clip=2200, clip_pairs=600, clip_align=600, fs3=4000)
+TINY_STEPS = dict(judge=3, identity=3, generator=3, polish=2, blend=2, mapping=3, encoder=3, clip=3, clip_pairs=2, clip_align=2, fs3=2)
 #: (top, bottom, left, right) of the eyes-to-mouth region, as fractions of the image size
 FACE_DETAIL_BOX = (0.34, 0.80, 0.22, 0.78)
 #: the mouth (neutral line, smile curve or open oval: a few pixels that decide the ``mouth`` attribute)
@@ -476,7 +477,110 @@ def constant_torgb_styles(g, embed, n: int = 4096, seed: int = 0) -> None:
                 lin.weight.zero_()
 
 
-def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000, polish_steps=0):
+def synthesis_loss(g, embed, vectors: np.ndarray, target: torch.Tensor, mouth_weight: float = 4.0) -> torch.Tensor:
+    """The synthesis regression: ``synthesis(embed(vectors))`` against the renders ``target``."""
+    with mixed_precision():
+        img = g.synthesis(embed(torch.from_numpy(vectors)), noise_mode="const").float()
+    loss = F.l1_loss(img, target) + F.mse_loss(img, target) + F.l1_loss(F.avg_pool2d(img, 4), F.avg_pool2d(target, 4))
+    # measured at 6000 steps without the mouth term: 23 of 27 wrong attributes were smiles drawn as neutral
+    loss = loss + 2.0 * face_detail_l1(img, target) + mouth_weight * face_detail_l1(img, target, MOUTH_BOX)
+    # with owned style channels the irises' colour must come from a few eye-colour channels:
+    # measured without this term, the judge read the intended eye colour on 43 % of samples
+    return loss + 4.0 * face_detail_l1(img, target, EYE_BOX)
+
+
+def blend_weights(code: np.ndarray) -> tuple[int, int, float]:
+    """Meaning of an attribute's code ``c`` in the ``blend`` stage: the cross-fade of the renders of
+    its two largest values, ``top`` with weight ``clip(1/2 + (c_top - c_second)/2, 1/2, 1)``.
+
+    On the segment between two one-hots, ``(1-λ)·e_s + λ·e_t``, that is exactly the pixel
+    cross-fade ``(1-λ)·R(s) + λ·R(t)``; on a global step ``e_s + k·(e_t - 1/V)`` (margin ``|k - 1|``)
+    it fades from ``s`` at ``k = 0`` to pure ``t`` at ``k >= 2``."""
+    order = np.argsort(-code, kind="stable")
+    top, second = int(order[0]), int(order[1])
+    return top, second, float(np.clip(0.5 + (code[top] - code[second]) / 2, 0.5, 1.0))
+
+
+def blended_edit_codes(faces: R.FaceBatch, rng: np.random.Generator, p: float = 0.5, line_share: float = 0.5,
+                       strength: tuple[float, float] = (0.0, 4.0)):
+    """Codes between attribute values and the cross-faded faces they should show (:func:`blend_weights`).
+
+    For a share ``p`` of the faces one attribute moves from its value ``s`` towards another ``t``:
+    along the segment between the one-hots (share ``line_share``, ``λ ~ U(0, 1)``) or along the
+    global step of :func:`global_edit_codes` (``k ~ U(strength)``).  Returns the description
+    vectors, the faces of the leading values (``top``, ``second``) and the weight of ``top``.
+
+    Why: trained on one-hots and on global steps beyond ``k = 1.25`` only, the decoder drew a step
+    between values: along the segment from "no beard" to "beard" its image did not move at first,
+    so the CLIP gradient at a source face was blind to beards, hair styles, glasses and smiles
+    (cosine of ``-∇`` with the step that does the edit 0.00 ± 0.05, against 0.1-0.35 for colours)
+    and latent optimisation could not find them.  A real StyleGAN2 changes smoothly along such
+    paths; cross-fades are the toy renderer's stand-in for that."""
+    v = faces.to_vectors()
+    top, second = faces.disc.copy(), faces.disc.copy()
+    weight = np.ones(len(faces), np.float32)
+    n_values = [len(x) for x in R.ATTRIBUTES.values()]
+    offsets = np.concatenate([[0], np.cumsum(n_values)[:-1]])
+    for i in np.nonzero(rng.random(len(faces)) < p)[0]:
+        a = int(rng.integers(len(n_values)))
+        V, o, s = n_values[a], offsets[a], faces.disc[i, a]
+        t = int(rng.choice([x for x in range(V) if x != s]))
+        e = np.eye(V, dtype=np.float32)
+        if rng.random() < line_share:
+            lam = rng.random()
+            code = (1 - lam) * e[s] + lam * e[t]
+        else:
+            code = e[s] + rng.uniform(*strength) * (e[t] - 1.0 / V)
+        v[i, o:o + V] = code
+        top[i, a], second[i, a], weight[i] = blend_weights(code)
+    return v, R.FaceBatch(top, faces.cont.copy()), R.FaceBatch(second, faces.cont.copy()), weight
+
+
+def render_blend(top: R.FaceBatch, second: R.FaceBatch, weight: np.ndarray) -> torch.Tensor:
+    """``weight·R(top) + (1 - weight)·R(second)``, rendering ``second`` only where it is used."""
+    img = render_tensor(top)
+    mixed = np.nonzero(weight < 1)[0]
+    if len(mixed):
+        w = torch.from_numpy(weight[mixed]).view(-1, 1, 1, 1)
+        img[mixed] = w * img[mixed] + (1 - w) * render_tensor(second[mixed])
+    return img
+
+
+#: the ``blend`` stage (:func:`train_blend`): share of each batch on blended codes, learning rate
+BLEND = dict(share=0.5, lr=2e-3)
+
+
+def train_blend(g, embed, workdir, steps, seed, quiet, batch=None) -> None:
+    """Synthesis fine-tune on codes between attribute values (:func:`blended_edit_codes`), W frozen.
+
+    ``embed`` stays fixed, so the mapping regression (before or after) keeps its target; the ToRGB
+    style weights stay zero (:func:`constant_torgb_styles`), the hard cases of :data:`POLISH` stay
+    oversampled."""
+    n = batch or BATCH["generator"]
+    embed.requires_grad_(False)
+    frozen = {id(p) for _, conv, _, is_rgb in g.style_layers() if is_rgb for name, p in conv.modulation.named_parameters()
+              if "weight" in name}
+    params = [p for name, p in g.named_parameters() if not name.startswith("style.") and id(p) not in frozen]
+    opt = torch.optim.Adam(params, lr=BLEND["lr"], betas=(0.9, 0.99))
+
+    def step(i, rng):
+        for grp in opt.param_groups:
+            grp["lr"] = BLEND["lr"] * min(1.0, (i + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * i / max(steps, 1))))
+        faces = R.sample_params(n, seed=int(rng.integers(2**31)))
+        pick = rng.random(n) < POLISH["focus_share"]
+        for a, v in POLISH["focus"].items():
+            faces.disc[pick, R.ATTR_NAMES.index(a)] = R.ATTRIBUTES[a].index(v)
+        vectors, top, second, weight = blended_edit_codes(faces, rng, p=BLEND["share"])
+        loss = synthesis_loss(g, embed, vectors, render_blend(top, second, weight), POLISH["mouth_weight"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    Stage("blend", workdir, steps, seed, quiet).run({"g": g}, opt, step, every=100)
+
+
+def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000, polish_steps=0, blend_steps=0):
     """Two supervised steps (see the module docstring).
 
     (a) *synthesis*: a learnable linear code ``w = v·E + b`` of the face's attribute one-hots and
@@ -484,6 +588,7 @@ def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000, po
         code is exact (no sampling ambiguity), so the decoder learns fast, and W becomes an affine
         image of the face description: every attribute value is a direction in W.
     (a') *polish* (``polish_steps``, :data:`POLISH`): the same regression with hard cases oversampled.
+    (a'') *blend* (``blend_steps``, :func:`train_blend`): synthesis only, on codes between values.
     (b) *mapping*: ``mapping(z)`` is regressed onto ``v(z)·E + b`` with ``v(z) = faces_from_z(z)``.
         This needs no rendering, so it can afford many large, boundary-biased batches: the bins'
         edges become sharp steps instead of blends.
@@ -512,15 +617,7 @@ def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000, po
             for a, v in POLISH["focus"].items():
                 faces.disc[pick, R.ATTR_NAMES.index(a)] = R.ATTRIBUTES[a].index(v)
         vectors, shown = global_edit_codes(faces, rng, p=EDIT_CODE_SHARE)
-        target = render_tensor(shown)
-        with mixed_precision():
-            img = g.synthesis(embed(torch.from_numpy(vectors)), noise_mode="const").float()
-        loss = F.l1_loss(img, target) + F.mse_loss(img, target) + F.l1_loss(F.avg_pool2d(img, 4), F.avg_pool2d(target, 4))
-        # measured at 6000 steps without the mouth term: 23 of 27 wrong attributes were smiles drawn as neutral
-        loss = loss + 2.0 * face_detail_l1(img, target) + mouth_weight * face_detail_l1(img, target, MOUTH_BOX)
-        # with owned style channels the irises' colour must come from a few eye-colour channels:
-        # measured without this term, the judge read the intended eye colour on 43 % of samples
-        loss = loss + 4.0 * face_detail_l1(img, target, EYE_BOX)
+        loss = synthesis_loss(g, embed, vectors, render_tensor(shown), mouth_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -539,6 +636,8 @@ def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000, po
 
         Stage("polish", workdir, polish_steps, seed + 2, quiet).run({"g": g, "embed": embed}, pol, polish_step, every=100)
     embed.requires_grad_(False)
+    if blend_steps:
+        train_blend(g, embed, workdir, blend_steps, seed + 3, quiet, batch=batch)
 
     mapping = [p for name, p in g.named_parameters() if name.startswith("style.")]
     # EqualLinear(lr_mul=0.01) stores weights and biases 100x larger than it uses them (StyleGAN's
@@ -930,7 +1029,7 @@ def main(argv=None) -> int:
         k, v = kv.split("=")
         steps[k] = int(v)
     stages = [s.strip() for s in a.stages.split(",") if s.strip()]
-    known = [k for k in FULL_STEPS if k not in ("mapping", "polish")]  # those two run inside "generator"
+    known = [k for k in FULL_STEPS if k not in ("mapping", "polish", "blend")]  # those run inside "generator"
     unknown = set(stages) - set(known)
     if unknown:
         ap.error(f"unknown stages {sorted(unknown)}; expected some of {known}")
@@ -955,7 +1054,7 @@ def _run_stages(stages, steps, batch, workdir, a, models):
             models[s] = train_judge(workdir, steps[s], seed, a.quiet, kind=s, batch=batch)
         elif s == "generator":
             models[s], models["embed"] = train_generator(workdir, steps[s], seed, a.quiet, batch=batch, map_steps=steps["mapping"],
-                                                         polish_steps=steps["polish"])
+                                                         polish_steps=steps["polish"], blend_steps=steps["blend"])
         elif s == "encoder":
             from ..models.stylegan2 import load_generator
 
