@@ -74,7 +74,8 @@ reproduced):
   0.00 ± 0.05, against 0.1–0.35 for colours — because that generator's attribute changes were
   steps: a beard code just below its threshold drew no beard and moving it slightly changed no
   pixel.  The v7 generator is fine-tuned to cross-fade between values (``toy.train.train_blend``),
-  as a real StyleGAN2 changes smoothly: the same knobs then give 0.540 / 0.172 / 0.452 (smile
+  as a real StyleGAN2 changes smoothly: the reference then gives 0.520 / 0.828 / 0.096, the kit's
+  knobs 0.540 / 0.172 / 0.452 (smile
   0.65, glasses 0.65, bald 0.35; beard, long hair, mohawk still ≤ 0.05).  Global directions,
   which uses the average instead of the local gradient, reaches those edits.
 """
