@@ -332,3 +332,22 @@ def test_blend_stage_keeps_w_and_the_torgb_styles_fixed(tmp_path):
             assert float((out - out[:1]).abs().max()) == 0.0
     assert any(not torch.equal(after[k], v) for k, v in before.items() if "convs" in k or "conv1" in k)
     assert torch.load(tmp_path / "blend.ckpt", weights_only=False)["step"] == 2
+
+
+def test_blend_stage_alone_fine_tunes_the_exported_generator(tmp_path):
+    out = tmp_path / "weights"
+    common = ["--tiny", "--quiet", "--out", str(out), "--batch", "2"]
+    assert train.main([*common, "--workdir", str(tmp_path / "a"), "--stages", "generator", "--steps", "blend=0"]) == 0
+    before = torch.load(out / "generator.pt", weights_only=False)
+    assert train.main([*common, "--workdir", str(tmp_path / "b"), "--stages", "blend"]) == 0
+    after = torch.load(out / "generator.pt", weights_only=False)
+    assert torch.load(tmp_path / "b" / "blend.ckpt", weights_only=False)["step"] == train.TINY_STEPS["blend"]
+    for k, v in before["g_ema"].items():
+        if k.startswith("style."):
+            assert torch.equal(after["g_ema"][k], v), k   # the mapping is kept
+    assert any(not torch.equal(after["g_ema"][k], v) for k, v in before["g_ema"].items() if not k.startswith("style."))
+    for k, v in before["toy_embed"].items():
+        assert torch.equal(after["toy_embed"][k], v), k   # and so is W
+    torch.testing.assert_close(after["latent_avg"], before["latent_avg"])
+    g = load_generator(out / "generator.pt")
+    assert torch.isfinite(g.synthesis(g.mapping(torch.randn(2, 128)))).all()

@@ -17,7 +17,8 @@ Stages (each seeded, resumable from ``--workdir``, with a progress bar):
                  which the ToRGB styles become constants (:func:`constant_torgb_styles`: colour must
                  then come through the conv channels that global directions edits), a ``blend``
                  fine-tune on codes between attribute values (:func:`train_blend`, cross-faded
-                 renders), then the mapping regression.
+                 renders; ``--stages blend`` alone fine-tunes an exported generator so), then the
+                 mapping regression.
 4. ``encoder``   e4e-like ``ToyEncoder`` image → W+, supervised by the true W+ of generator samples
                  and by reconstruction through the frozen generator.
 5. ``clip``      the same ``CLIP`` class (ViT, real BPE tokenizer, context 77), contrastive on renders
@@ -402,6 +403,17 @@ def release_styles(modules) -> None:
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
 
 
+def _attribute_moves(faces: R.FaceBatch, rng: np.random.Generator, p: float):
+    """For a share ``p`` of the faces: ``(face, attribute, code offset, number of values V, source
+    value s, another value t)``, the attribute and ``t`` drawn uniformly."""
+    n_values = [len(x) for x in R.ATTRIBUTES.values()]
+    offsets = np.concatenate([[0], np.cumsum(n_values)[:-1]])
+    for i in np.nonzero(rng.random(len(faces)) < p)[0]:
+        a = int(rng.integers(len(n_values)))
+        V, s = n_values[a], int(faces.disc[i, a])
+        yield i, a, int(offsets[a]), V, s, int(rng.choice([x for x in range(V) if x != s]))
+
+
 def global_edit_codes(faces: R.FaceBatch, rng: np.random.Generator, p: float = 0.5,
                       strength: tuple[float, float] = (1.25, 4.0)) -> tuple[np.ndarray, R.FaceBatch]:
     """Description vectors moved along global attribute directions, and the faces they should show.
@@ -421,12 +433,7 @@ def global_edit_codes(faces: R.FaceBatch, rng: np.random.Generator, p: float = 0
     directions α 4.1 β 0.15 0.53 / 0.41 -> 0.57 / 0.30; generator confidence unchanged (0.87)."""
     v = faces.to_vectors()
     disc = faces.disc.copy()
-    n_values = [len(x) for x in R.ATTRIBUTES.values()]
-    offsets = np.concatenate([[0], np.cumsum(n_values)[:-1]])
-    for i in np.nonzero(rng.random(len(faces)) < p)[0]:
-        a = int(rng.integers(len(n_values)))
-        V, o, s = n_values[a], offsets[a], disc[i, a]
-        t = int(rng.choice([x for x in range(V) if x != s]))
+    for i, a, o, V, s, t in _attribute_moves(faces, rng, p):
         k = rng.uniform(*strength)
         code = np.zeros(V, np.float32)
         code[s] = 1.0
@@ -477,6 +484,21 @@ def constant_torgb_styles(g, embed, n: int = 4096, seed: int = 0) -> None:
                 lin.weight.zero_()
 
 
+def warmup_cosine(i: int, total: int, warmup: int = 50, floor: float = 0.05) -> float:
+    """Learning-rate factor of the synthesis stages: linear warm-up, cosine decay to ``floor``."""
+    return min(1.0, (i + 1) / warmup) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * i / max(total, 1))))
+
+
+def sample_focused(n: int, rng: np.random.Generator, focus_share: float = 0.0) -> R.FaceBatch:
+    """``n`` random faces, a share ``focus_share`` of them given the :data:`POLISH` focus values."""
+    faces = R.sample_params(n, seed=int(rng.integers(2**31)))
+    if focus_share:
+        pick = rng.random(n) < focus_share
+        for a, v in POLISH["focus"].items():
+            faces.disc[pick, R.ATTR_NAMES.index(a)] = R.ATTRIBUTES[a].index(v)
+    return faces
+
+
 def synthesis_loss(g, embed, vectors: np.ndarray, target: torch.Tensor, mouth_weight: float = 4.0) -> torch.Tensor:
     """The synthesis regression: ``synthesis(embed(vectors))`` against the renders ``target``."""
     with mixed_precision():
@@ -519,12 +541,7 @@ def blended_edit_codes(faces: R.FaceBatch, rng: np.random.Generator, p: float = 
     v = faces.to_vectors()
     top, second = faces.disc.copy(), faces.disc.copy()
     weight = np.ones(len(faces), np.float32)
-    n_values = [len(x) for x in R.ATTRIBUTES.values()]
-    offsets = np.concatenate([[0], np.cumsum(n_values)[:-1]])
-    for i in np.nonzero(rng.random(len(faces)) < p)[0]:
-        a = int(rng.integers(len(n_values)))
-        V, o, s = n_values[a], offsets[a], faces.disc[i, a]
-        t = int(rng.choice([x for x in range(V) if x != s]))
+    for i, a, o, V, s, t in _attribute_moves(faces, rng, p):
         e = np.eye(V, dtype=np.float32)
         if rng.random() < line_share:
             lam = rng.random()
@@ -565,11 +582,8 @@ def train_blend(g, embed, workdir, steps, seed, quiet, batch=None) -> None:
 
     def step(i, rng):
         for grp in opt.param_groups:
-            grp["lr"] = BLEND["lr"] * min(1.0, (i + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * i / max(steps, 1))))
-        faces = R.sample_params(n, seed=int(rng.integers(2**31)))
-        pick = rng.random(n) < POLISH["focus_share"]
-        for a, v in POLISH["focus"].items():
-            faces.disc[pick, R.ATTR_NAMES.index(a)] = R.ATTRIBUTES[a].index(v)
+            grp["lr"] = BLEND["lr"] * warmup_cosine(i, steps)
+        faces = sample_focused(n, rng, POLISH["focus_share"])
         vectors, top, second, weight = blended_edit_codes(faces, rng, p=BLEND["share"])
         loss = synthesis_loss(g, embed, vectors, render_blend(top, second, weight), POLISH["mouth_weight"])
         opt.zero_grad(set_to_none=True)
@@ -578,6 +592,23 @@ def train_blend(g, embed, workdir, steps, seed, quiet, batch=None) -> None:
         return loss.item()
 
     Stage("blend", workdir, steps, seed, quiet).run({"g": g}, opt, step, every=100)
+
+
+def fine_tune_blend(generator_path, workdir, steps, seed, quiet, batch=None):
+    """``--stages blend`` alone: the :func:`train_blend` stage on an exported generator (the shipped
+    v7 weights are the v6 generator fine-tuned so; the stage leaves W and the mapping as they were,
+    so this equals running it inside ``generator``)."""
+    from ..models.stylegan2 import load_generator
+
+    g = load_generator(generator_path, device="cpu")
+    embed = load_toy_embed(generator_path)
+    g.memory_format = torch.channels_last
+    g.requires_grad_(True)
+    owned = own_styles(g, embed)
+    train_blend(g, embed, workdir, steps, seed, quiet, batch=batch)
+    g.requires_grad_(False)
+    release_styles(owned)
+    return g.eval(), embed
 
 
 def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000, polish_steps=0, blend_steps=0):
@@ -610,12 +641,8 @@ def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000, po
 
     def synth_step(i, rng, lr=base_lr, total=steps, focus_share=0.0, mouth_weight=4.0, optimizer=opt):
         for grp in optimizer.param_groups:
-            grp["lr"] = lr * min(1.0, (i + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * i / max(total, 1))))
-        faces = R.sample_params(n, seed=int(rng.integers(2**31)))
-        if focus_share:
-            pick = rng.random(n) < focus_share
-            for a, v in POLISH["focus"].items():
-                faces.disc[pick, R.ATTR_NAMES.index(a)] = R.ATTRIBUTES[a].index(v)
+            grp["lr"] = lr * warmup_cosine(i, total)
+        faces = sample_focused(n, rng, focus_share)
         vectors, shown = global_edit_codes(faces, rng, p=EDIT_CODE_SHARE)
         loss = synthesis_loss(g, embed, vectors, render_tensor(shown), mouth_weight)
         optimizer.zero_grad(set_to_none=True)
@@ -1029,7 +1056,8 @@ def main(argv=None) -> int:
         k, v = kv.split("=")
         steps[k] = int(v)
     stages = [s.strip() for s in a.stages.split(",") if s.strip()]
-    known = [k for k in FULL_STEPS if k not in ("mapping", "polish", "blend")]  # those run inside "generator"
+    # mapping and polish run inside "generator"; "blend" does too, and alone fine-tunes the exported generator
+    known = [k for k in FULL_STEPS if k not in ("mapping", "polish")]
     unknown = set(stages) - set(known)
     if unknown:
         ap.error(f"unknown stages {sorted(unknown)}; expected some of {known}")
@@ -1055,6 +1083,9 @@ def _run_stages(stages, steps, batch, workdir, a, models):
         elif s == "generator":
             models[s], models["embed"] = train_generator(workdir, steps[s], seed, a.quiet, batch=batch, map_steps=steps["mapping"],
                                                          polish_steps=steps["polish"], blend_steps=steps["blend"])
+        elif s == "blend":
+            models["generator"], models["embed"] = fine_tune_blend(Path(a.out) / "generator.pt", workdir, steps[s], seed,
+                                                                   a.quiet, batch=batch)
         elif s == "encoder":
             from ..models.stylegan2 import load_generator
 
@@ -1080,7 +1111,8 @@ def _run_stages(stages, steps, batch, workdir, a, models):
         print(f"[{s}] {steps[s]} steps in {time.time() - ts:.0f}s", flush=True)
         if not a.no_export:
             key = "clip" if s in CLIP_PHASES else s
-            export({key: models[key], **({"embed": models["embed"]} if s == "generator" else {})}, Path(a.out))
+            key = "generator" if s == "blend" else key
+            export({key: models[key], **({"embed": models["embed"]} if key == "generator" else {})}, Path(a.out))
 
 
 if __name__ == "__main__":
