@@ -139,8 +139,11 @@ class ModelSet:
     def optimizer(self, with_identity: bool = False):
         from .methods.optimization import LatentOptimization
 
+        from .global_directions import IMAGENET_TEMPLATES
+
         return LatentOptimization(self.generator, self.clip, self.identity if with_identity else None,
-                                  style_std=lambda: self.style_statistics()[1])
+                                  style_std=lambda: self.style_statistics()[1], fs3=self.fs3_path,
+                                  templates=TEXT_TEMPLATES.get(self.name, IMAGENET_TEMPLATES))
 
 
 def load_models(name: str = "toy", device: str | torch.device | None = None) -> ModelSet:

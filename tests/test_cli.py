@@ -67,3 +67,20 @@ def test_edit_optimize_kit_losses(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["edit", "--method", "optimize", "--prompt", "blue hair", "--clip-loss", "anchored", "--out", str(out)])
     assert "--neutral" in capsys.readouterr().err
+
+
+def test_edit_optimize_channel_beta(tmp_path, capsys):
+    """``--channel-beta`` optimises only the channels the toy fs3 keeps for the text pair and
+    says how many; outside StyleSpace or with the global CLIP loss it is a usage error."""
+    out = tmp_path / "opt.png"
+    rc = main(["edit", "--method", "optimize", "--prompt", "a face with a beard", "--neutral", "a face", "--clip-loss",
+               "anchored", "--space", "s_std", "--lr", "0.5", "--l2-lambda", "0", "--channel-beta", "0.15", "--steps", "3",
+               "--seed", "2", "--out", str(out)])
+    assert rc == 0
+    n = int(capsys.readouterr().out.split(" channels optimised")[0].split()[-1])
+    assert n > 0
+    for extra in (["--space", "w+", "--neutral", "a face", "--clip-loss", "anchored"], ["--space", "s_std"]):
+        with pytest.raises(SystemExit):
+            main(["edit", "--method", "optimize", "--prompt", "a face with a beard", "--channel-beta", "0.15", *extra,
+                  "--out", str(out)])
+        assert "--channel-beta" in capsys.readouterr().err

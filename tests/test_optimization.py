@@ -364,3 +364,120 @@ def test_errors(gen, clip_model, pipe, w_start, kwargs, match):
               "nan": w_start.clone().fill_(float("nan"))}.get(kwargs.pop("latent", None), w_start)
     with pytest.raises(ValueError, match=match):
         p(prompt, latent, steps=kwargs.pop("steps", 1), progress=False, **kwargs)
+
+
+def _random_mask(gen, seed=5):
+    """Per-S-layer weights: about half the channels 0, the rest in (0.2, 1]."""
+    rng = torch.Generator().manual_seed(seed)
+    out = []
+    for c in gen.style_channels:
+        w = 0.2 + 0.8 * torch.rand(c, generator=rng)
+        out.append(torch.where(torch.rand(c, generator=rng) < 0.5, torch.zeros(c), w))
+    return out
+
+
+def test_channel_mask(gen, clip_model, w_start):
+    """``channel_mask``: weight-0 channels never leave the source (in ``'s'`` and ``'s_std'``);
+    in ``'s_std'`` a weight w makes Adam's first step w·σ·lr instead of σ·lr; a stopped run
+    resumes with the state's mask onto the uninterrupted run; an all-zero mask returns the
+    source; bad masks are refused with the argument named."""
+    rng = torch.Generator().manual_seed(4)
+    std = [0.1 + 2 * torch.rand(c, generator=rng) for c in gen.style_channels]
+    mask = _random_mask(gen)
+    conv = list(gen.conv_style_indices)
+    src = gen.styles(w_start)
+    for space in ("s", "s_std"):
+        full = optimize_latent(gen, w_start, lambda x: 1 - x.mean(), space=space, steps=5, progress=False,
+                               channel_mask=mask, style_std=std if space == "s_std" else None)
+        for i in conv:
+            off = mask[i] == 0
+            assert torch.equal(full.styles[i][:, off], src[i][:, off]), f"{space}: masked channel of layer {i} moved"
+            assert bool((full.styles[i][:, ~off] != src[i][:, ~off]).all()), f"{space}: kept channel did not move"
+    # first Adam step: |Δs| = lr·w·σ for every kept channel
+    first = optimize_latent(gen, w_start, lambda x: 1 - x.mean(), space="s_std", steps=1, progress=False,
+                            channel_mask=mask, style_std=std, lr=0.1)
+    lr1 = kit_lr_schedule(1, 0.1)[0]
+    ratio = torch.cat([((first.styles[i] - src[i]).abs() / (std[i] * mask[i]))[:, mask[i] > 0].flatten() for i in conv])
+    assert float(ratio.median()) == pytest.approx(lr1, rel=0.05)
+    # resume keeps the mask (none is passed the second time)
+    fn = lambda x: 1 - x.mean()
+    whole = optimize_latent(gen, w_start, fn, space="s_std", steps=6, progress=False, channel_mask=mask, style_std=std)
+    part = optimize_latent(gen, w_start, fn, space="s_std", steps=6, progress=False, channel_mask=mask, style_std=std,
+                           callback=lambda step, losses, img: step < 3)
+    rest = optimize_latent(gen, None, fn, space="s_std", steps=6, progress=False, resume=part.state)
+    for a, b in zip(rest.styles, whole.styles):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    # nothing selected: the source comes back
+    zeros = [torch.zeros(c) for c in gen.style_channels]
+    none = optimize_latent(gen, w_start, fn, space="s_std", steps=3, progress=False, channel_mask=zeros, style_std=std)
+    for a, b in zip(none.styles, src):
+        assert torch.equal(a, b)
+    bad_value = [m.clone() for m in mask]
+    bad_value[conv[0]][0] = 1.5
+    nan_value = [m.clone() for m in mask]
+    nan_value[conv[1]][1] = float("nan")
+    for space, m, match in (("w+", mask, "space"), ("s", mask[:-1], "per-layer"), ("s", [m[:-1] for m in mask], r"channel_mask\[0\]"),
+                            ("s", bad_value, r"\[0, 1\]"), ("s_std", nan_value, r"\[0, 1\]")):
+        with pytest.raises(ValueError, match=match):
+            optimize_latent(gen, w_start, fn, space=space, steps=1, progress=False, channel_mask=m,
+                            style_std=std if space == "s_std" else None)
+
+
+@pytest.fixture(scope="module")
+def random_fs3(gen, clip_model):
+    dim = LatentOptimization(gen, clip_model).clip_loss.text_direction(PROMPT, "a person").shape[-1]
+    rows = sum(gen.style_channels[i] for i in gen.conv_style_indices)
+    return F.normalize(torch.randn(rows, dim, generator=torch.Generator().manual_seed(9)), dim=1)
+
+
+def test_channel_beta(gen, clip_model, w_start, random_fs3, tmp_path):
+    """``channel_beta``: the channels global directions keeps for (prompt, neutral) at that beta
+    are the only ones optimised, each stepping by its relevance |ds|; a larger beta never keeps
+    more; no surviving channel warns and returns the source; fs3 may be an array, a path or a
+    callable; misuse names the argument."""
+    from styleclip_lib import global_directions as GD
+
+    std = [torch.ones(c) for c in gen.style_channels]
+    pipe = LatentOptimization(gen, clip_model, style_std=std, fs3=random_fs3)
+    weights, num = pipe.relevant_channels(PROMPT, "a person", 0.1)
+    ds, n_ref = GD.channel_direction(random_fs3, GD.text_direction(clip_model, PROMPT, "a person"), 0.1)
+    assert num == n_ref and 0 < num < random_fs3.shape[0]
+    flat = torch.cat([weights[i] for i in gen.conv_style_indices])
+    torch.testing.assert_close(flat, ds.abs())
+    assert float(flat.max()) == pytest.approx(1.0)
+    res = pipe(PROMPT, w_start, neutral="a person", clip_loss="directional", space="s_std", channel_beta=0.1, steps=4, progress=False)
+    assert res.num_channels == num
+    src = gen.styles(w_start)
+    moved = torch.cat([(res.styles[i] - src[i]).abs()[0] for i in gen.conv_style_indices]) > 0
+    assert torch.equal(moved, flat > 0)
+    counts = [pipe.relevant_channels(PROMPT, "a person", b)[1] for b in (0.0, 0.05, 0.1, 0.2)]
+    assert counts == sorted(counts, reverse=True)
+    # resumed: the state's mask, and the count comes back
+    part = pipe(PROMPT, w_start, neutral="a person", space="s_std", channel_beta=0.1, steps=4, progress=False,
+                clip_loss="directional", callback=lambda step, losses, img: step < 2)
+    rest = pipe(PROMPT, neutral="a person", space="s_std", steps=4, progress=False, clip_loss="directional", resume=part.state)
+    assert rest.num_channels == num
+    for a, b in zip(rest.styles, res.styles):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    with pytest.warns(UserWarning, match="no channel"):
+        none = pipe(PROMPT, w_start, neutral="a person", space="s_std", channel_beta=1.0, steps=2, progress=False, clip_loss="directional")
+    assert none.num_channels == 0
+    for a, b in zip(none.styles, src):
+        assert torch.equal(a, b)
+    # fs3 from a file or a callable gives the same selection
+    path = GD.save_fs3(tmp_path / "fs3.npy", random_fs3)
+    for source in (path, lambda: random_fs3.numpy()):
+        w2, n2 = LatentOptimization(gen, clip_model, fs3=source).relevant_channels(PROMPT, "a person", 0.1)
+        assert n2 == num and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(w2, weights))
+    for p, kwargs, match in (
+        (pipe, dict(space="w+"), "space"),
+        (pipe, dict(space="s_std", neutral=None), "neutral"),
+        (pipe, dict(space="s_std", channel_beta=1.5), "beta"),
+        (LatentOptimization(gen, clip_model), dict(space="s"), "fs3"),
+        (LatentOptimization(gen, clip_model, fs3=random_fs3[:-3]), dict(space="s"), "rows"),
+    ):
+        kw = dict(dict(neutral="a person", clip_loss="directional", channel_beta=0.1), **kwargs)
+        if kw["neutral"] is None:
+            kw.pop("clip_loss")
+        with pytest.raises(ValueError, match=match):
+            p(PROMPT, w_start, steps=1, progress=False, **kw)

@@ -263,6 +263,7 @@ class OptimizationResult(StoppableRun):
         seed: seed of the random start / mean latent (pipeline), else ``None``.
         prompt: the text prompt (pipeline), else ``None``.
         lrs: the learning rate used at each step (whole schedule).
+        num_channels: with ``channel_beta`` (pipeline): how many conv channels were optimised.
     """
 
     images: torch.Tensor
@@ -281,7 +282,7 @@ class OptimizationResult(StoppableRun):
     prompt: Optional[str] = None
     lrs: list = field(default_factory=list)
     latent_history: Optional[list] = None
-
+    num_channels: Optional[int] = None
 
     def to_pil(self, which: str = "images") -> list:
         """One PIL image per sample of ``images`` (``which='images'``) or ``source_images``."""
@@ -381,6 +382,24 @@ def _check_state(resume, space: str) -> dict:
     return resume
 
 
+def _check_channel_mask(mask, generator, space: str, device, dtype) -> list[torch.Tensor]:
+    if space not in STYLE_SPACES:
+        raise ValueError(f"channel_mask: only used with space='s' or 's_std' (StyleSpace channels), got space={space!r}")
+    channels = list(generator.style_channels)
+    if not isinstance(mask, (list, tuple)) or len(mask) != len(channels):
+        raise ValueError(f"channel_mask: expected a list of {len(channels)} per-layer (C_l,) tensors, one per StyleSpace layer")
+    out = []
+    for i, (m, c) in enumerate(zip(mask, channels)):
+        m = torch.as_tensor(m).reshape(-1)
+        if m.numel() != c:
+            raise ValueError(f"channel_mask[{i}]: expected {c} channels, got {m.numel()}")
+        m = m.to(device=device, dtype=dtype)
+        if not bool(torch.isfinite(m).all()) or bool((m < 0).any()) or bool((m > 1).any()):
+            raise ValueError(f"channel_mask[{i}]: expected weights in [0, 1]")
+        out.append(m if space == "s_std" else (m != 0).to(dtype))
+    return out
+
+
 def optimize_latent(
     generator: nn.Module,
     latent_init: Any,
@@ -403,6 +422,7 @@ def optimize_latent(
     noise_mode: str = "const",
     desc: str = "latent optimisation",
     style_std: Optional[Sequence[torch.Tensor]] = None,
+    channel_mask: Optional[Sequence[torch.Tensor]] = None,
 ) -> OptimizationResult:
     """The StyleCLIP optimisation loop with any image loss.
 
@@ -444,6 +464,12 @@ def optimize_latent(
         style_std: ``space='s_std'`` only: per-layer (C_l,) std of every StyleSpace layer
             (ToRGB included, as :func:`~styleclip_lib.global_directions.style_statistics`
             returns them).  A resumed run uses the state's.
+        channel_mask: ``space='s'``/``'s_std'`` only: one ``(C_l,)`` tensor of weights in [0, 1]
+            per StyleSpace layer (ToRGB entries ignored; e.g. ``split_to_layers(|ds|, ...)`` of a
+            global direction).  Channels of weight 0 are not optimised (zero gradients: Adam's
+            moments stay 0 and they never leave the source).  In ``'s_std'`` a weight also scales
+            the channel's step, ``s = s_src + w·σ·δ``; in ``'s'`` any weight > 0 means optimised.
+            A resumed run uses the state's.
 
     A ``KeyboardInterrupt`` during the loop is caught: the partial result
     (``stopped='interrupted'``, with a resumable ``state``) is returned instead of lost.
@@ -471,6 +497,10 @@ def optimize_latent(
             raise ValueError("style_std: expected non-negative standard deviations")
     elif style_std is not None:
         raise ValueError(f"style_std: only used with space='s_std', got space={space!r}")
+    if resume is not None and styled:
+        channel_mask = resume.get("channel_mask")
+    if channel_mask is not None:
+        channel_mask = _check_channel_mask(channel_mask, generator, space, device, dtype)
 
     if resume is not None:
         state = _check_state(resume, space)
@@ -510,7 +540,10 @@ def optimize_latent(
         conv_idx = list(generator.conv_style_indices)
         fixed = [s.detach().clone() for s in source]
         # δ = (s − s_src)/σ; a channel with σ = 0 never varies and keeps δ = 0
-        params = [torch.where(style_std[i] > 0, (current[i] - source[i]) / style_std[i].clamp_min(1e-30), 0.0)
+        # a channel weight scales the channel's σ step: Adam moves every δ by about lr, so weights
+        # in (0, 1) make weakly relevant channels move less, as global directions' α·σ·ds does
+        move = [s * channel_mask[i] for i, s in enumerate(style_std)] if channel_mask is not None else style_std
+        params = [torch.where(move[i] > 0, (current[i] - source[i]) / move[i].clamp_min(1e-30), 0.0)
                   .detach().clone().requires_grad_(True) for i in conv_idx]
     src_opt = [source] if space == "w+" else [source[i] for i in conv_idx] if space == "s" else \
         [torch.zeros_like(p) for p in params]
@@ -521,7 +554,7 @@ def optimize_latent(
         return ps[0] if space == "w+" else source + ps[0][:, None, :]
 
     def conv_styles(ps) -> list[torch.Tensor]:
-        return list(ps) if space == "s" else [source[i] + style_std[i] * p for i, p in zip(conv_idx, ps)]
+        return list(ps) if space == "s" else [source[i] + move[i] * p for i, p in zip(conv_idx, ps)]
 
     def styles_of(ps) -> list[torch.Tensor]:
         styles = list(fixed)
@@ -577,6 +610,8 @@ def optimize_latent(
                     per_ok = per_ok and n == 1
                     per_total = per_total + w * v.detach()
             grads = torch.autograd.grad(total, params)
+            if channel_mask is not None and space == "s":
+                grads = [g * channel_mask[li] for g, li in zip(grads, conv_idx)]
             for p, g in zip(params, grads):
                 p.grad = g
             optimizer.step()
@@ -640,6 +675,8 @@ def optimize_latent(
     }
     if space == "s_std":
         state["style_std"] = [s.clone() for s in style_std]
+    if channel_mask is not None:
+        state["channel_mask"] = [m.clone() for m in channel_mask]
     return OptimizationResult(
         images=images,
         source_images=source_images,
@@ -687,13 +724,18 @@ class LatentOptimization:
         style_std: per-layer StyleSpace std for ``space='s_std'`` (or a zero-argument callable
             returning it, called on first use); ``None``: computed from 10 000 samples of the
             generator on first use (``global_directions.style_statistics``).
+        fs3: the global-directions channel relevance (array, path to ``fs3.npy`` or a zero-argument
+            callable returning either, called on first use) used by
+            ``channel_beta``; ``templates``: the prompt templates of its text direction
+            (default: the reference's 79 ImageNet templates).
 
     The models are used as they are (eval mode is the caller's business; ``load_*``
     return eval models); no parameter of theirs receives gradients.
     """
 
     def __init__(self, generator: nn.Module, clip_model: nn.Module, identity_model: Optional[nn.Module] = None, *,
-                 clip_loss_mode: str = "cosine", clip_normalize: bool = True, device=None, style_std=None):
+                 clip_loss_mode: str = "cosine", clip_normalize: bool = True, device=None, style_std=None,
+                 fs3=None, templates: Optional[Sequence[str]] = None):
         if device is not None:
             from ..device import resolve_device
 
@@ -708,6 +750,41 @@ class LatentOptimization:
         self.clip_loss = CLIPLoss(self.clip_model, mode=_check_choice(clip_loss_mode, ("cosine", "reference"), "clip_loss_mode"),
                                   normalize=bool(clip_normalize))
         self._style_std = style_std
+        self._fs3 = fs3
+        self.templates = templates
+
+    def fs3(self) -> torch.Tensor:
+        """The channel relevance used by ``channel_beta`` (loaded on first use)."""
+        if self._fs3 is None:
+            raise ValueError("channel_beta: needs the fs3 channel relevance; pass fs3= (array or path to fs3.npy) "
+                             "to LatentOptimization")
+        if callable(self._fs3):
+            self._fs3 = self._fs3()
+        if not isinstance(self._fs3, torch.Tensor) or self._fs3.ndim != 2:
+            from ..global_directions import load_fs3, split_to_layers
+
+            if isinstance(self._fs3, (str, os.PathLike)):
+                fs3 = load_fs3(self._fs3, self.generator)
+            else:
+                fs3 = torch.as_tensor(self._fs3).float()
+                if fs3.ndim != 2:
+                    raise ValueError(f"fs3: expected (channels, clip_dim), got {tuple(fs3.shape)}")
+                split_to_layers(torch.zeros(fs3.shape[0]), self.generator.style_channels, self.generator.conv_style_indices)
+            self._fs3 = fs3
+        return self._fs3
+
+    def relevant_channels(self, prompt: str, neutral: str, beta: float) -> tuple[list[torch.Tensor], int]:
+        """Per-layer channel weights for (prompt, neutral) at threshold ``beta``: ``|ds|`` of global
+        directions (``|fs3·Δt|`` where it is ``≥ β``, scaled to max 1; 0 elsewhere; Δt over
+        :attr:`templates`), and the number of channels kept."""
+        from .. import global_directions as GD
+
+        templates = self.templates if self.templates is not None else GD.IMAGENET_TEMPLATES
+        dt = GD.text_direction(self.clip_model, prompt, neutral, templates)
+        fs3 = self.fs3()
+        ds, num = GD.channel_direction(fs3, dt.to(fs3.device), beta)
+        g = self.generator
+        return GD.split_to_layers(ds.abs(), g.style_channels, g.conv_style_indices), num
 
     def style_std(self) -> list[torch.Tensor]:
         """Per-layer StyleSpace std used by ``space='s_std'`` (computed once if not given)."""
@@ -763,6 +840,7 @@ class LatentOptimization:
         neutral: Optional[str] = None,
         clip_loss: Optional[str] = None,
         anchor_step: float = 1.0,
+        channel_beta: Optional[float] = None,
         truncation: float = 0.7,
         seed: Optional[int] = None,
         num_images: int = 1,
@@ -802,6 +880,16 @@ class LatentOptimization:
                 The two text-pair losses need ``neutral`` and mode ``'edit'``.
             anchor_step: how far along ``Δt`` the anchored target lies (unit CLIP features;
                 ``clip_loss='anchored'`` only).
+            channel_beta: ``None`` (reference): every conv channel is optimised.  A threshold in
+                [0, 1] (an addition; ``space='s'``/``'s_std'``, needs ``neutral`` and the
+                pipeline's ``fs3``): only the channels that global directions would move for
+                (``prompt``, ``neutral``) at ``beta = channel_beta`` are optimised
+                (:meth:`relevant_channels`); in ``'s_std'`` each channel's step is scaled by its
+                relevance ``|ds|``, as global directions scales its edit.  Why: the CLIP gradient at one image also moves
+                channels of attributes the text does not name (collateral), and an L2 term
+                strong enough to stop that also stops the edit; fs3 says, from many images,
+                which channels this text is about.  No surviving channel: a warning, and the
+                source comes back unchanged (as global directions).
             truncation: ψ for the random start latent (reference 0.7; unused with ``latent``).
             seed: seed of the random start and of the mean latent; ``None`` draws one from
                 torch's global RNG (recorded in ``result.seed``).
@@ -849,6 +937,15 @@ class LatentOptimization:
         anchor_step = _check_number(anchor_step, "anchor_step")
         if clip_loss != "global" and mode != "edit":
             raise ValueError(f"neutral: the {clip_loss} CLIP loss compares with a source image; use mode='edit'")
+        channel_mask, num_channels = None, None
+        if channel_beta is not None and resume is None:
+            if space not in STYLE_SPACES:
+                raise ValueError(f"channel_beta: selects StyleSpace channels; use space='s' or 's_std', got space={space!r}")
+            if neutral is None:
+                raise ValueError("channel_beta: needs neutral= (the text pair whose direction selects the channels)")
+            from ..global_directions import _check_beta
+
+            channel_mask, num_channels = self.relevant_channels(text, neutral, _check_beta(channel_beta))
 
         g = self.generator
         device, dtype = _model_device_dtype(g)
@@ -901,7 +998,11 @@ class LatentOptimization:
             save_intermediate_every=save_intermediate_every, progress=progress, callback=callback, resume=resume,
             source_images=source_images, desc=f"StyleCLIP {text[:30]!r}",
             style_std=self.style_std() if space == "s_std" and resume is None else None,
+            channel_mask=channel_mask,
         )
+        if resume is not None and "channel_mask" in result.state:
+            num_channels = int(sum(int((m > 0).sum()) for m in result.state["channel_mask"]))
+        result.num_channels = num_channels
         result.state["mode"] = mode
         result.state["seed"] = seed
         result.state["prompt"] = text
