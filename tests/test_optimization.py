@@ -407,6 +407,27 @@ def test_channel_mask(gen, clip_model, w_start):
     rest = optimize_latent(gen, None, fn, space="s_std", steps=6, progress=False, resume=part.state)
     for a, b in zip(rest.styles, whole.styles):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    # channel_signs: a ±1 channel never crosses to the other side of its source value; 0 is free
+    rng = torch.Generator().manual_seed(6)
+    signs = [torch.randint(-1, 2, (c,), generator=rng).float() for c in gen.style_channels]
+    for space in ("s", "s_std"):
+        kw = dict(space=space, progress=False, style_std=std if space == "s_std" else None, channel_signs=signs)
+        signed = optimize_latent(gen, w_start, fn, steps=5, **kw)
+        free = optimize_latent(gen, w_start, fn, steps=5, **dict(kw, channel_signs=None))
+        for i in conv:
+            d, fd = signed.styles[i] - src[i], free.styles[i] - src[i]
+            assert bool((d * signs[i] >= 0).all()), f"{space}: layer {i} moved against its sign"
+            assert bool((fd * signs[i] < 0).any()), f"{space}: the free run should cross somewhere in layer {i}"
+            assert bool((d[:, signs[i] == 0] != 0).any()), f"{space}: sign-0 channels of layer {i} should be free"
+        part = optimize_latent(gen, w_start, fn, steps=5, callback=lambda step, losses, img: step < 2, **kw)
+        rest = optimize_latent(gen, None, fn, steps=5, space=space, progress=False, resume=part.state)
+        for a, b in zip(rest.styles, signed.styles):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    bad_sign = [m.clone() for m in signs]
+    bad_sign[conv[0]][0] = 0.5
+    for space, m, match in (("w+", signs, "channel_signs"), ("s", signs[:-1], "channel_signs"), ("s", bad_sign, "-1, 0 or")):
+        with pytest.raises(ValueError, match=match):
+            optimize_latent(gen, w_start, fn, space=space, steps=1, progress=False, channel_signs=m)
     # nothing selected: the source comes back
     zeros = [torch.zeros(c) for c in gen.style_channels]
     none = optimize_latent(gen, w_start, fn, space="s_std", steps=3, progress=False, channel_mask=zeros, style_std=std)
@@ -443,13 +464,20 @@ def test_channel_beta(gen, clip_model, w_start, random_fs3, tmp_path):
     ds, n_ref = GD.channel_direction(random_fs3, GD.text_direction(clip_model, PROMPT, "a person"), 0.1)
     assert num == n_ref and 0 < num < random_fs3.shape[0]
     flat = torch.cat([weights[i] for i in gen.conv_style_indices])
-    torch.testing.assert_close(flat, ds.abs())
-    assert float(flat.max()) == pytest.approx(1.0)
+    torch.testing.assert_close(flat, ds)
+    assert float(flat.abs().max()) == pytest.approx(1.0)
     res = pipe(PROMPT, w_start, neutral="a person", clip_loss="directional", space="s_std", channel_beta=0.1, steps=4, progress=False)
     assert res.num_channels == num
     src = gen.styles(w_start)
-    moved = torch.cat([(res.styles[i] - src[i]).abs()[0] for i in gen.conv_style_indices]) > 0
-    assert torch.equal(moved, flat > 0)
+    change = torch.cat([(res.styles[i] - src[i])[0] for i in gen.conv_style_indices])
+    assert not bool((change[flat == 0] != 0).any()), "a channel global directions drops was optimised"
+    # channel_sign (default): a kept channel moves the way the global direction moves it, or stays
+    assert bool((change * flat >= 0).all()) and bool((change != 0).any())
+    free = pipe(PROMPT, w_start, neutral="a person", clip_loss="directional", space="s_std", channel_beta=0.1, steps=4,
+                progress=False, channel_sign=False)
+    free_change = torch.cat([(free.styles[i] - src[i])[0] for i in gen.conv_style_indices])
+    assert torch.equal(free_change != 0, flat != 0)
+    assert bool((free_change * flat < 0).any()), "without channel_sign some channel should move against ds"
     counts = [pipe.relevant_channels(PROMPT, "a person", b)[1] for b in (0.0, 0.05, 0.1, 0.2)]
     assert counts == sorted(counts, reverse=True)
     # resumed: the state's mask, and the count comes back
@@ -468,7 +496,7 @@ def test_channel_beta(gen, clip_model, w_start, random_fs3, tmp_path):
     path = GD.save_fs3(tmp_path / "fs3.npy", random_fs3)
     for source in (path, lambda: random_fs3.numpy()):
         w2, n2 = LatentOptimization(gen, clip_model, fs3=source).relevant_channels(PROMPT, "a person", 0.1)
-        assert n2 == num and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(w2, weights))
+        assert n2 == num and all(torch.allclose(a.double(), b.double(), atol=1e-6) for a, b in zip(w2, weights))
     for p, kwargs, match in (
         (pipe, dict(space="w+"), "space"),
         (pipe, dict(space="s_std", neutral=None), "neutral"),
