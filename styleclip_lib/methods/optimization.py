@@ -78,6 +78,23 @@ reproduced):
   knobs 0.540 / 0.172 / 0.452 (smile
   0.65, glasses 0.65, bald 0.35; beard, long hair, mohawk still ≤ 0.05).  Global directions,
   which uses the average instead of the local gradient, reaches those edits.
+
+* ``channel_beta=`` / ``channel_sign=`` (additions, off by default): optimise only the channels
+  global directions keeps for the text pair, each scaled by its relevance and (``channel_sign``)
+  only the way the direction moves it.  Measured on v7, same protocol, ``space='s_std',
+  clip_loss='anchored', channel_beta=0.15, l2_lambda=0``: lr 1.0, 40 steps 0.714 / 0.178 / 0.590,
+  0.42 s per edit (beard 0.80, long hair 0.60, mohawk 0.35, bald 0.40; weakest brown hair 0.25,
+  green background 0.30); 80 steps 0.752 / 0.248 / 0.554; lr 1.5 0.712 / 0.234 / 0.542;
+  ``l2_lambda=0.0003`` 0.576 / 0.074 / 0.538 (collateral within the target, success not),
+  ``l2_lambda=0.002`` 0.384 / 0.054 / 0.368.  Without the sign constraint (lr 0.5, 25 prompts x 8
+  faces) 0.68 / 0.18 / 0.56, and on 8 hard prompts x 8 faces 0.34 against 0.47 with it.  Why the
+  sign matters: on those faces the optimisation reached a *lower* CLIP loss than the global
+  direction's edit (mohawk 0.24 against 0.29) while the judge saw fewer mohawks (0.5 against 1.0):
+  its move had cosine 0.1–0.3 with the global direction, i.e. part of what lowers the loss of a
+  64-px CLIP at one image is not the attribute.  Still short of the 0.8 / 0.15 target; the
+  per-image gradient stays a worse guide than the population average (global directions 0.85 /
+  0.14).  Tried and not better: whole-gradient normalisation instead of Adam's per-coordinate one,
+  CLIP augmentations (shifts, flips, noise; 4 views), anchor step 1.5–2, the directional loss.
 """
 from __future__ import annotations
 

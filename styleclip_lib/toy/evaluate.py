@@ -256,7 +256,10 @@ def main(argv=None) -> int:
                     help="optimisation CLIP term (reference: global); the others pair the prompt with its neutral text")
     ap.add_argument("--opt-anchor-step", type=float, default=1.0, help="anchored CLIP loss: step along the text direction")
     ap.add_argument("--opt-channel-beta", type=float, default=None,
-                    help="optimise only the StyleSpace channels global directions selects at this beta (s/s_std spaces)")
+                    help="optimise only the StyleSpace channels global directions selects at this beta, each only "
+                         "the way the direction moves it (s/s_std spaces)")
+    ap.add_argument("--opt-free-sign", action="store_true",
+                    help="with --opt-channel-beta: let the kept channels move either way (channel_sign=False)")
     ap.add_argument("--mapper-steps", type=int, default=1000)
     ap.add_argument("--mapper-prompt", default="purple hair", help="the mapper's prompt (an edit prompt of toy.captions)")
     ap.add_argument("--mapper-clip-loss", default="global", choices=("global", "directional", "anchored"))
@@ -274,7 +277,7 @@ def main(argv=None) -> int:
             "global": {"alpha": a.alpha, "beta": a.beta},
             "optimize": {"steps": a.opt_steps, "space": a.opt_space, "lr": a.opt_lr, "l2_lambda": a.opt_l2,
                          "clip_loss": a.opt_clip_loss, "anchor_step": a.opt_anchor_step,
-                         "channel_beta": a.opt_channel_beta},
+                         "channel_beta": a.opt_channel_beta, "channel_sign": not a.opt_free_sign},
             "mapper": {"steps": a.mapper_steps, "clip_loss": a.mapper_clip_loss, **_mapper_prompt(a.mapper_prompt)}})
     text = json.dumps(report, indent=2)
     print(text)

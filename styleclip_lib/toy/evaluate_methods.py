@@ -127,7 +127,7 @@ def evaluate_global(models, judge, w_plus, pred, n_faces: int, alpha: float = 4.
 
 def evaluate_optimization(models, judge, w_plus, pred, n_faces: int, steps: int = 40, l2_lambda: float = 0.008,
                           clip_loss: str = "global", space: str = "w+", lr: float = 0.1, anchor_step: float = 1.0,
-                          channel_beta=None, prompts=EDIT_PROMPTS) -> dict:
+                          channel_beta=None, channel_sign: bool = True, prompts=EDIT_PROMPTS) -> dict:
     """``clip_loss``: ``'global'`` (reference) or a text-pair loss (``'directional'``,
     ``'anchored'``) against the attribute's neutral prompt; see ``LatentOptimization``."""
     opt = models.optimizer()
@@ -135,14 +135,15 @@ def evaluate_optimization(models, judge, w_plus, pred, n_faces: int, steps: int 
     def edit(w, prompt, attr):
         neutral = neutral_prompt_for(attr) if clip_loss != "global" else None
         return opt(prompt, w, steps=steps, lr=lr, l2_lambda=l2_lambda, neutral=neutral, clip_loss=clip_loss,
-                   anchor_step=anchor_step, space=space, channel_beta=channel_beta, progress=False).images
+                   anchor_step=anchor_step, space=space, channel_beta=channel_beta, channel_sign=channel_sign,
+                   progress=False).images
 
     res = score_prompts("latent_optimization", edit, judge, w_plus, pred, n_faces, prompts).summary()
     res.update(steps=steps, lr=lr, l2_lambda=l2_lambda, clip_loss=clip_loss, space=space)
     if clip_loss == "anchored":
         res["anchor_step"] = anchor_step
     if channel_beta is not None:
-        res["channel_beta"] = channel_beta
+        res.update(channel_beta=channel_beta, channel_sign=channel_sign)
     return res
 
 
