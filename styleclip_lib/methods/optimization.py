@@ -85,7 +85,8 @@ reproduced):
   clip_loss='anchored', channel_beta=0.15, l2_lambda=0``: lr 1.0, 40 steps 0.714 / 0.178 / 0.590,
   0.42 s per edit (beard 0.80, long hair 0.60, mohawk 0.35, bald 0.40; weakest brown hair 0.25,
   green background 0.30); 80 steps 0.752 / 0.248 / 0.554; lr 1.5 0.712 / 0.234 / 0.542;
-  ``l2_lambda=0.0003`` 0.576 / 0.074 / 0.538 (collateral within the target, success not),
+  ``l2_lambda=0.0001`` 0.658 / 0.112 / 0.582 and ``l2_lambda=0.0003`` 0.576 / 0.074 / 0.538 (collateral
+  within the target, success not),
   ``l2_lambda=0.002`` 0.384 / 0.054 / 0.368.  Without the sign constraint (lr 0.5, 25 prompts x 8
   faces) 0.68 / 0.18 / 0.56, and on 8 hard prompts x 8 faces 0.34 against 0.47 with it.  Why the
   sign matters: on those faces the optimisation reached a *lower* CLIP loss than the global
