@@ -400,17 +400,25 @@ def _check_state(resume, space: str) -> dict:
     return resume
 
 
-def _check_channel_mask(mask, generator, space: str, device, dtype) -> list[torch.Tensor]:
+def _per_layer_channels(values, generator, space: str, name: str) -> list[torch.Tensor]:
+    """``values`` as one flat (C_l,) tensor per StyleSpace layer (``channel_mask``/``channel_signs``)."""
     if space not in STYLE_SPACES:
-        raise ValueError(f"channel_mask: only used with space='s' or 's_std' (StyleSpace channels), got space={space!r}")
+        raise ValueError(f"{name}: only used with space='s' or 's_std' (StyleSpace channels), got space={space!r}")
     channels = list(generator.style_channels)
-    if not isinstance(mask, (list, tuple)) or len(mask) != len(channels):
-        raise ValueError(f"channel_mask: expected a list of {len(channels)} per-layer (C_l,) tensors, one per StyleSpace layer")
+    if not isinstance(values, (list, tuple)) or len(values) != len(channels):
+        raise ValueError(f"{name}: expected a list of {len(channels)} per-layer (C_l,) tensors, one per StyleSpace layer")
     out = []
-    for i, (m, c) in enumerate(zip(mask, channels)):
+    for i, (m, c) in enumerate(zip(values, channels)):
         m = torch.as_tensor(m).reshape(-1)
         if m.numel() != c:
-            raise ValueError(f"channel_mask[{i}]: expected {c} channels, got {m.numel()}")
+            raise ValueError(f"{name}[{i}]: expected {c} channels, got {m.numel()}")
+        out.append(m)
+    return out
+
+
+def _check_channel_mask(mask, generator, space: str, device, dtype) -> list[torch.Tensor]:
+    out = []
+    for i, m in enumerate(_per_layer_channels(mask, generator, space, "channel_mask")):
         m = m.to(device=device, dtype=dtype)
         if not bool(torch.isfinite(m).all()) or bool((m < 0).any()) or bool((m > 1).any()):
             raise ValueError(f"channel_mask[{i}]: expected weights in [0, 1]")
@@ -419,16 +427,8 @@ def _check_channel_mask(mask, generator, space: str, device, dtype) -> list[torc
 
 
 def _check_channel_signs(signs, generator, space: str, device, dtype) -> list[torch.Tensor]:
-    if space not in STYLE_SPACES:
-        raise ValueError(f"channel_signs: only used with space='s' or 's_std' (StyleSpace channels), got space={space!r}")
-    channels = list(generator.style_channels)
-    if not isinstance(signs, (list, tuple)) or len(signs) != len(channels):
-        raise ValueError(f"channel_signs: expected a list of {len(channels)} per-layer (C_l,) tensors, one per StyleSpace layer")
     out = []
-    for i, (m, c) in enumerate(zip(signs, channels)):
-        m = torch.as_tensor(m).reshape(-1)
-        if m.numel() != c:
-            raise ValueError(f"channel_signs[{i}]: expected {c} channels, got {m.numel()}")
+    for i, m in enumerate(_per_layer_channels(signs, generator, space, "channel_signs")):
         if not bool(torch.isin(m, torch.tensor([-1.0, 0.0, 1.0], dtype=m.dtype)).all()):
             raise ValueError(f"channel_signs[{i}]: expected entries -1, 0 or +1")
         out.append(m.to(device=device, dtype=dtype))
