@@ -1316,6 +1316,18 @@ class GlobalDirectionsOutput:
         return to_uint8(self.images)
 
 
+def as_fs3(fs3: Union[str, os.PathLike, torch.Tensor, np.ndarray], generator: Any) -> torch.Tensor:
+    """``fs3`` (path to ``fs3.npy`` or array) as a float (channels, clip_dim) tensor whose rows end on
+    a conv-layer boundary of ``generator`` (ValueError otherwise)."""
+    if isinstance(fs3, (str, os.PathLike)):
+        return load_fs3(fs3, generator)
+    fs3 = _as_tensor(fs3, "fs3").float()
+    if fs3.ndim != 2:
+        raise ValueError(f"fs3: expected (channels, clip_dim), got {tuple(fs3.shape)}")
+    split_to_layers(torch.zeros(fs3.shape[0]), generator.style_channels, generator.conv_style_indices)  # validates rows
+    return fs3
+
+
 class GlobalDirections:
     """Text-driven StyleSpace editing with a precomputed fs3 (diffusers-style pipeline).
 
@@ -1336,14 +1348,7 @@ class GlobalDirections:
         self.generator = generator
         self.clip_model = clip_model
         channels = list(generator.style_channels)
-        if isinstance(fs3, (str, os.PathLike)):
-            fs3 = load_fs3(fs3, generator)
-        elif fs3 is not None:
-            fs3 = _as_tensor(fs3, "fs3").float()
-            if fs3.ndim != 2:
-                raise ValueError(f"fs3: expected (channels, clip_dim), got {tuple(fs3.shape)}")
-            split_to_layers(torch.zeros(fs3.shape[0]), channels, generator.conv_style_indices)  # validates rows
-        self.fs3 = fs3
+        self.fs3 = as_fs3(fs3, generator) if fs3 is not None else None
         self.style_mean = _layer_std_list(style_mean, channels) if style_mean is not None else None
         self.style_std = _layer_std_list(style_std, channels) if style_std is not None else None
         self.templates = tuple(templates)

@@ -137,9 +137,8 @@ class ModelSet:
         return self._get("global_directions", build)
 
     def optimizer(self, with_identity: bool = False):
-        from .methods.optimization import LatentOptimization
-
         from .global_directions import IMAGENET_TEMPLATES
+        from .methods.optimization import LatentOptimization
 
         return LatentOptimization(self.generator, self.clip, self.identity if with_identity else None,
                                   style_std=lambda: self.style_statistics()[1], fs3=self.fs3_path,

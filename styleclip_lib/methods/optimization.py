@@ -800,7 +800,7 @@ class LatentOptimization:
         self.clip_loss = CLIPLoss(self.clip_model, mode=_check_choice(clip_loss_mode, ("cosine", "reference"), "clip_loss_mode"),
                                   normalize=bool(clip_normalize))
         self._style_std = style_std
-        self._fs3 = fs3
+        self._fs3, self._fs3_checked = fs3, False
         self.templates = templates
 
     def fs3(self) -> torch.Tensor:
@@ -808,19 +808,11 @@ class LatentOptimization:
         if self._fs3 is None:
             raise ValueError("channel_beta: needs the fs3 channel relevance; pass fs3= (array or path to fs3.npy) "
                              "to LatentOptimization")
-        if callable(self._fs3):
-            self._fs3 = self._fs3()
-        if not isinstance(self._fs3, torch.Tensor) or self._fs3.ndim != 2:
-            from ..global_directions import load_fs3, split_to_layers
+        if not self._fs3_checked:
+            from ..global_directions import as_fs3
 
-            if isinstance(self._fs3, (str, os.PathLike)):
-                fs3 = load_fs3(self._fs3, self.generator)
-            else:
-                fs3 = torch.as_tensor(self._fs3).float()
-                if fs3.ndim != 2:
-                    raise ValueError(f"fs3: expected (channels, clip_dim), got {tuple(fs3.shape)}")
-                split_to_layers(torch.zeros(fs3.shape[0]), self.generator.style_channels, self.generator.conv_style_indices)
-            self._fs3 = fs3
+            self._fs3 = as_fs3(self._fs3() if callable(self._fs3) else self._fs3, self.generator)
+            self._fs3_checked = True
         return self._fs3
 
     def relevant_channels(self, prompt: str, neutral: str, beta: float) -> tuple[list[torch.Tensor], int]:
