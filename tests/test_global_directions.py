@@ -417,9 +417,12 @@ def test_singlechannel_reference_loop_golden(gen, tmp_path):
     # Our generator rounds differently from the reference (conv(x·s)·d vs modulated weights), so a few
     # uint8 pixels per step flip by 1 LSB (checked above on the recorded steps: <= 0.01 %); each flip
     # moves one pooled feature by 1/(255·16) and the row by up to ~4e-4.  Rows without a flip agree to
-    # ~1e-7 (median), so check max and median separately.
+    # ~1e-7, so check max and the rows that agree exactly separately.  How many rows see a flip depends
+    # on the CPU kernels (measured: under half on one torch 2.13 CPU build, 53 % on another), while a
+    # real error in the loop (wrong channel, wrong step, wrong pairing) moves every row.
     err = (fs3.double() - sc["out.fs3_pooled"].double()).abs().amax(dim=1)
-    assert err.median() <= 1e-6, f"median row error {err.median():.2e}"
+    exact = (err <= 1e-6).double().mean().item()
+    assert exact >= 0.25, f"only {exact:.0%} of fs3 rows agree to 1e-6 (median row error {err.median():.2e})"
     # internal consistency: compute_fs3 == GetFs of the features it was given
     all_f = _pool_features(imgs.flatten(0, 2)).reshape(352, n, 2, -1)
     assert torch.allclose(gd.fs3_from_features(all_f), fs3, atol=1e-6)
