@@ -72,6 +72,10 @@ def _edit(argv: list[str]) -> int:
     ap.add_argument("--channel-beta", type=float, default=None,
                     help="optimisation in s/s_std: optimise only the channels global directions keeps for "
                          "(--prompt, --neutral) at this beta (needs a text-pair --clip-loss)")
+    ap.add_argument("--start", default="source", choices=["source", "global"],
+                    help="optimisation start: the source (reference) or, in s/s_std, its global-direction edit at "
+                         "--start-alpha (needs --neutral and a text-pair --clip-loss), refined per image")
+    ap.add_argument("--start-alpha", type=float, default=4.1, help="optimisation --start global: the start's strength")
     ap.add_argument("--mapper", default=None, help="mapper checkpoint or registry name (method mapper)")
     ap.add_argument("--strength", type=float, default=0.1, help="mapper: w + strength*M(w)")
     src = ap.add_mutually_exclusive_group()
@@ -93,9 +97,12 @@ def _edit(argv: list[str]) -> int:
             ap.error(f"--clip-loss {a.clip_loss} needs --neutral (e.g. --neutral hair for 'purple hair')")
         if a.channel_beta is not None and (a.clip_loss == "global" or a.space not in ("s", "s_std")):
             ap.error("--channel-beta needs --space s or s_std, --neutral and --clip-loss directional or anchored")
+        if a.start == "global" and (a.clip_loss == "global" or a.space not in ("s", "s_std")):
+            ap.error("--start global needs --space s or s_std, --neutral and --clip-loss directional or anchored")
         res = models.optimizer(with_identity=a.id_lambda > 0)(
             prompt, w, steps=a.steps or 300, lr=a.lr, l2_lambda=a.l2_lambda, id_lambda=a.id_lambda, space=a.space,
-            clip_loss=a.clip_loss, neutral=a.neutral if a.clip_loss != "global" else None, channel_beta=a.channel_beta)
+            clip_loss=a.clip_loss, neutral=a.neutral if a.clip_loss != "global" else None, channel_beta=a.channel_beta,
+            start=a.start, start_alpha=a.start_alpha)
         source, edited = res.source_images, res.images
         if res.num_channels is not None:
             print(f"{res.num_channels} channels optimised (channel_beta={a.channel_beta})")

@@ -92,6 +92,8 @@ __all__ = [
     "fs3_from_samples",
     "load_fs3",
     "save_fs3",
+    "as_fs3",
+    "relevant_channels",
     "GlobalDirections",
     "GlobalDirectionsOutput",
     "AUTO_BETAS",
@@ -1326,6 +1328,18 @@ def as_fs3(fs3: Union[str, os.PathLike, torch.Tensor, np.ndarray], generator: An
         raise ValueError(f"fs3: expected (channels, clip_dim), got {tuple(fs3.shape)}")
     split_to_layers(torch.zeros(fs3.shape[0]), generator.style_channels, generator.conv_style_indices)  # validates rows
     return fs3
+
+
+def relevant_channels(clip_model: Any, generator: Any, fs3: torch.Tensor, target: str, neutral: str, beta: float,
+                      templates: Optional[Sequence[str]] = None) -> tuple[list[torch.Tensor], int]:
+    """The channel direction of (``target``, ``neutral``) at threshold ``beta``, one ``(C_l,)`` tensor
+    per StyleSpace layer of ``generator``: ``ds = fs3·Δt`` where ``|fs3·Δt| ≥ β``, scaled to max
+    |ds| = 1, 0 elsewhere and on ToRGB layers (Δt over ``templates``, default the 79 ImageNet
+    ones); and the number of channels kept.  What the optimisation's and the mapper's
+    ``channel_beta`` restrict themselves to."""
+    dt = text_direction(clip_model, target, neutral, IMAGENET_TEMPLATES if templates is None else templates)
+    ds, num = channel_direction(fs3, dt.to(fs3.device), _check_beta(beta))
+    return split_to_layers(ds, generator.style_channels, generator.conv_style_indices), num
 
 
 class GlobalDirections:

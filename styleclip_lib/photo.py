@@ -74,7 +74,7 @@ class PhotoEditResult:
         w_plus_source: (1, num_ws, w_dim) the inverted latent.
         w_plus_edited: (1, num_ws, w_dim) the edited latent; ``None`` for global directions, which
             edit StyleSpace (see ``styles_edited``).
-        styles_edited: the edited StyleSpace codes (global directions, or optimisation in S).
+        styles_edited: the edited StyleSpace codes (global directions, optimisation in S, a StyleSpace mapper).
         edited_tensor: (1, 3, H, W) the edited image in generator range.
         inversion: the :class:`~styleclip_lib.invert.InversionResult` (metrics, noise maps).
         face: the :class:`~styleclip_lib.align.AlignedFace` (crop ↔ photo maps).
@@ -260,13 +260,13 @@ def _check_method_kwargs(method: str, kwargs: dict) -> None:
 
 def _mapper_pipeline(generator: Any, mapper: Any):
     from .methods.mapper import LatentMapperEdit
-    from .models.mapper import LevelsMapper
+    from .models.mapper import LevelsMapper, StyleSpaceMapper
 
     if isinstance(mapper, LatentMapperEdit):
         if mapper.generator is not generator:
             raise ValueError("mapper: this LatentMapperEdit was built for another generator than the model set's")
         return mapper
-    if isinstance(mapper, LevelsMapper):
+    if isinstance(mapper, (LevelsMapper, StyleSpaceMapper)):
         return LatentMapperEdit(generator, mapper)
     return LatentMapperEdit.from_pretrained(generator, mapper)
 
@@ -437,8 +437,12 @@ def edit_photo(image: Any, prompt: str, method: str = "global", *, models: Any =
         pipe = _mapper_pipeline(g, mapper)
         used = {"strength": 0.1, **used}
         out = pipe(w_src, **used)
-        w_edited = out.w_plus.detach()
-        edited = inversion.render(g, w_plus=w_edited) if inversion.noises is not None else out.images
+        if out.w_plus is not None:
+            w_edited = out.w_plus.detach()
+            edited = inversion.render(g, w_plus=w_edited) if inversion.noises is not None else out.images
+        else:  # a StyleSpace mapper
+            styles_edited = out.styles
+            edited = inversion.render(g, styles=out.styles) if inversion.noises is not None else out.images
         used["mapper"] = str(mapper) if isinstance(mapper, (str, Path)) else type(mapper).__name__
     edited = edited.detach()
     timings["edit"] = time.perf_counter() - t

@@ -144,6 +144,17 @@ class ModelSet:
                                   style_std=lambda: self.style_statistics()[1], fs3=self.fs3_path,
                                   templates=TEXT_TEMPLATES.get(self.name, IMAGENET_TEMPLATES))
 
+    def mapper_channel_options(self, channel_beta=None, channel_sign: bool = True) -> dict:
+        """``MapperTrainer`` keywords that restrict a StyleSpace mapper to the channels global
+        directions keeps at ``channel_beta`` (this set's fs3, style std and templates); ``{}`` for None."""
+        if channel_beta is None:
+            return {}
+        from .global_directions import IMAGENET_TEMPLATES
+
+        return {"channel_beta": channel_beta, "channel_sign": channel_sign, "fs3": self.fs3_path,
+                "style_std": lambda: self.style_statistics()[1],
+                "templates": TEXT_TEMPLATES.get(self.name, IMAGENET_TEMPLATES)}
+
 
 def load_models(name: str = "toy", device: str | torch.device | None = None) -> ModelSet:
     """The model set ``name`` ('toy' or 'ffhq') on ``device`` (parts load lazily)."""

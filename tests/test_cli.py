@@ -84,3 +84,14 @@ def test_edit_optimize_channel_beta(tmp_path, capsys):
             main(["edit", "--method", "optimize", "--prompt", "a face with a beard", "--channel-beta", "0.15", *extra,
                   "--out", str(out)])
         assert "--channel-beta" in capsys.readouterr().err
+    # --start global: the run starts from global directions' edit; 2 steps at lr 0 leave exactly it
+    rc = main(["edit", "--method", "optimize", "--prompt", "a face with a beard", "--neutral", "a face", "--clip-loss",
+               "anchored", "--space", "s_std", "--lr", "0", "--start", "global", "--start-alpha", "6", "--steps", "2",
+               "--seed", "2", "--out", str(tmp_path / "warm.png")])
+    assert rc == 0
+    grid = np.asarray(Image.open(tmp_path / "warm.png").convert("RGB")).astype(int)
+    h = grid.shape[0] // 2
+    assert np.abs(grid[:h] - grid[h:2 * h]).mean() > 1.0  # source (top) and edit (bottom) differ
+    with pytest.raises(SystemExit):
+        main(["edit", "--method", "optimize", "--prompt", "a face with a beard", "--start", "global", "--out", str(out)])
+    assert "--start global" in capsys.readouterr().err

@@ -214,6 +214,16 @@ def test_photo_edit_with_paste_back_on_the_astronaut(astronaut, golden, g):
     assert torch.equal(again.w_plus_source, res.w_plus_source)
     assert torch.allclose(again.edited_tensor, res.inversion.reconstruction, atol=1e-6)
     assert again.pasted is None and again.parameters["invert"] == "encoder"
+    # a StyleSpace mapper edits the codes: the result carries them instead of a W+ latent
+    from styleclip_lib.models.mapper import StyleSpaceMapper
+
+    torch.manual_seed(0)
+    ss = edit_photo(astronaut, "purple hair", "mapper", models=golden, landmarks=lm, invert=res.inversion,
+                    mapper=StyleSpaceMapper(g.style_channels, g.conv_style_indices))
+    assert ss.w_plus_edited is None and len(ss.styles_edited) == len(g.style_channels)
+    with torch.no_grad():
+        torch.testing.assert_close(ss.edited_tensor, g.synthesis_from_styles(ss.styles_edited))
+    assert not torch.allclose(ss.edited_tensor, res.inversion.reconstruction, atol=1e-3)
 
 
 def test_encoder_gets_its_own_crop_and_projection_noise_is_kept(astronaut, g):

@@ -46,6 +46,23 @@ def test_full_size_manifest_keys():
         assert sum(p.numel() for p in m.parameters()) == spec["num_parameters"]
 
 
+def test_style_space_mapper_has_the_reference_layout_at_1024_px():
+    from styleclip_lib.models.mapper import StyleSpaceMapper
+    from styleclip_lib.models.stylegan2 import Generator
+
+    # the reference's STYLESPACE_DIMENSIONS and its WithoutToRGBStyleSpaceMapper keys
+    dims = [512] * 15 + [256] * 3 + [128] * 3 + [64] * 3 + [32] * 2
+    with torch.device("meta"):
+        g = Generator(1024)
+        m = StyleSpaceMapper(g.style_channels, g.conv_style_indices)
+    assert g.style_channels == dims
+    assert m.conv_indices == [i for i in range(26) if i not in range(1, 26, 3)]
+    keys = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert keys["mapper_0.mapping.1.weight"] == (512, 512) and keys["mapper_24.mapping.4.weight"] == (32, 32)
+    assert not any(k.startswith(("mapper_1.", "mapper_25.")) for k in keys)  # ToRGB layers have no mapper
+    assert len(keys) == 17 * 4 * 2
+
+
 def test_checkpoint_round_trip_and_small_generators(tmp_path):
     torch.manual_seed(0)
     m = LevelsMapper(32, num_ws=10)  # 64 px toy generator: fine = rows 8..9

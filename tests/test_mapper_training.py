@@ -410,3 +410,98 @@ def test_errors(G, C, latents, tmp_path):
         pipe(torch.full((G.num_ws, G.w_dim), float("nan")))
     with pytest.raises(ValueError, match="strength"):
         pipe(latents[:1], strength=float("nan"))
+
+
+# ============================================================================ StyleSpace mapper
+def test_style_space_mapper_trains_round_trips_and_edits_conv_layers_only(G, C, latents, tmp_path):
+    from styleclip_lib.models.mapper import StyleSpaceMapper
+
+    # a low latent L2: the untrained per-layer mappers start with large deltas, which the reference
+    # weight 0.8 would spend these few steps shrinking
+    trainer = MapperTrainer(G, C, description="purple hair", latents=latents, val_fraction=0.2, id_lambda=0,
+                            latent_l2_lambda=0.05, optimizer="adam", learning_rate=2.0, batch_size=2, max_steps=16,
+                            val_interval=8, save_interval=16, image_interval=None, exp_dir=tmp_path, seed=1,
+                            work_in_stylespace=True)
+    assert isinstance(trainer.mapper, StyleSpaceMapper)
+    assert trainer.mapper.conv_indices == G.conv_style_indices  # reference: no mapper on the ToRGB layers
+    result = trainer.train(progress=False)
+    vals = result.val_history
+    assert vals[-1]["loss_clip"] < vals[0]["loss_clip"] - 0.005
+    # latent L2: the reference's sum over style layers of each layer's MSE of 0.1·delta
+    w = trainer.val_latents
+    with torch.no_grad():
+        deltas = trainer.mapper(G.styles(w))
+        l2 = sum(torch.mean((0.1 * d) ** 2) for d in deltas).item()
+        per_row = torch.mean((0.1 * torch.cat(deltas, 1)) ** 2).item()
+    assert vals[-1]["loss_l2_latent"] == pytest.approx(l2, rel=1e-4) and l2 > 2 * per_row
+
+    path = tmp_path / "checkpoints" / "iteration_16.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["opts"]["work_in_stylespace"] is True
+    assert {k.split(".")[1] for k in ckpt["state_dict"] if k.startswith("mapper.")} == \
+        {f"mapper_{i}" for i in G.conv_style_indices}
+    loaded = load_mapper(path, device="cpu")
+    assert isinstance(loaded, StyleSpaceMapper) and loaded.style_channels == G.style_channels
+    # without the kit's style_channels option the widths are inferred from the keys alone
+    bare = {"state_dict": {k: v for k, v in ckpt["state_dict"].items() if k.startswith("mapper.")},
+            "opts": {"work_in_stylespace": True}}
+    torch.save(bare, tmp_path / "bare.pt")
+    assert load_mapper(tmp_path / "bare.pt").style_channels == G.style_channels
+
+    pipe = LatentMapperEdit.from_pretrained(G, path)
+    out = pipe(latents[:3])
+    assert out.w_plus is None and len(out.styles) == len(G.style_channels)
+    with torch.no_grad():
+        src = G.styles(latents[:3])
+        torch.testing.assert_close(out.images, G.synthesis_from_styles(out.styles))
+    for i, (a, b) in enumerate(zip(out.styles, src)):
+        moved = (a - b).abs().max().item()
+        assert (moved > 0) == (i in G.conv_style_indices), i
+    zero = pipe(latents[:3], strength=0.0)
+    assert torch.equal(zero.images, zero.source_images)
+    # a StyleSpace mapper of another generator is refused with the layer widths
+    other = StyleSpaceMapper([c * 2 for c in G.style_channels])
+    with pytest.raises(ValueError, match="StyleSpace mapper edits"):
+        LatentMapperEdit(G, other)
+
+
+def test_channel_masked_style_space_mapper(G, C, latents, tmp_path):
+    """``channel_beta``: only the channels global directions keeps move, each only the way the
+    direction moves it (``channel_sign``), by steps of its std; the mask survives a checkpoint."""
+    import torch.nn.functional as F
+
+    from styleclip_lib import global_directions as GD
+
+    from styleclip_lib.losses.clip_loss import CLIPLoss
+
+    dim = CLIPLoss(C).text_direction("purple hair", "hair").shape[-1]
+    rows = sum(G.style_channels[i] for i in G.conv_style_indices)
+    fs3 = F.normalize(torch.randn(rows, dim, generator=torch.Generator().manual_seed(9)), dim=1)
+    std = [0.5 + 0.25 * (torch.arange(c) % 3).float() for c in G.style_channels]
+    kw = dict(description="purple hair", neutral="hair", clip_loss="anchored", latents=latents, val_fraction=0.2,
+              id_lambda=0, optimizer="adam", learning_rate=1.0, batch_size=2, max_steps=6, val_interval=6,
+              save_interval=6, image_interval=None, seed=1, work_in_stylespace=True, fs3=fs3, style_std=std)
+    trainer = MapperTrainer(G, C, channel_beta=0.1, exp_dir=tmp_path, **kw)
+    ds, num = GD.relevant_channels(C, G, fs3, "purple hair", "hair", 0.1)
+    assert trainer.num_channels == num and 0 < num < rows
+    trainer.train(progress=False)
+    out = LatentMapperEdit(G, trainer.mapper)(latents[:4])
+    for i, (a, b) in enumerate(zip(out.styles, out.source_styles)):
+        step = a - b
+        assert bool((step[:, ds[i] == 0] == 0).all()), f"layer {i}: a dropped channel moved"
+        assert bool((step * torch.sign(ds[i]) >= 0).all()), f"layer {i}: a channel moved against ds"
+    assert any(bool((a != b).any()) for a, b in zip(out.styles, out.source_styles))
+    loaded = load_mapper(tmp_path / "checkpoints" / "iteration_6.pt")
+    assert loaded.masked and loaded.signed
+    again = LatentMapperEdit(G, loaded)(latents[:4])
+    for a, b in zip(again.styles, out.styles):
+        torch.testing.assert_close(a, b)
+    free = MapperTrainer(G, C, channel_beta=0.1, channel_sign=False, **kw)
+    d = free.mapper(G.styles(latents[:4]))
+    assert any(bool((d[i] * torch.sign(ds[i]) < 0).any()) for i in G.conv_style_indices)
+    for kwargs, match in ((dict(work_in_stylespace=False), "work_in_stylespace"), (dict(fs3=None), "fs3"),
+                          (dict(neutral=None, clip_loss="global"), "neutral")):
+        with pytest.raises(ValueError, match=match):
+            MapperTrainer(G, C, **{**kw, "channel_beta": 0.1, **kwargs})
+    with pytest.warns(UserWarning, match="no channel"), pytest.raises(ValueError, match="lower channel_beta"):
+        MapperTrainer(G, C, **{**kw, "channel_beta": 1.0})

@@ -509,3 +509,27 @@ def test_channel_beta(gen, clip_model, w_start, random_fs3, tmp_path):
             kw.pop("clip_loss")
         with pytest.raises(ValueError, match=match):
             p(PROMPT, w_start, steps=1, progress=False, **kw)
+
+
+def test_start_from_the_global_direction(gen, clip_model, w_start, random_fs3):
+    """``start='global'``: the run starts at global directions' edit of the source (same fs3,
+    std, templates), while the L2 term and the text-pair target stay anchored at the source."""
+    from styleclip_lib.global_directions import GlobalDirections, IMAGENET_TEMPLATES
+
+    std = [0.5 + 0.1 * torch.arange(c, dtype=torch.float32) % 1.0 for c in gen.style_channels]
+    pipe = LatentOptimization(gen, clip_model, style_std=std, fs3=random_fs3)
+    gd = GlobalDirections(gen, clip_model, fs3=random_fs3, style_mean=[torch.zeros(c) for c in gen.style_channels],
+                          style_std=std, templates=IMAGENET_TEMPLATES)
+    want = gd(w_start, PROMPT, "a person", alpha=2.0, beta=0.1)
+    kw = dict(neutral="a person", clip_loss="anchored", space="s_std", start="global", start_alpha=2.0,
+              start_beta=0.1, progress=False)
+    still = pipe(PROMPT, w_start, lr=0.0, l2_lambda=0.01, steps=2, **kw)  # lr 0: the run stays at its start
+    for a, b in zip(still.styles, want.styles):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert still.loss_history["l2"][0] > 0  # measured from the source, not from the start
+    moved = pipe(PROMPT, w_start, lr=0.5, l2_lambda=0.0, steps=3, **kw)
+    assert any(not torch.allclose(a, b) for a, b in zip(moved.styles, want.styles))
+    for kwargs, match in ((dict(space="w+"), "StyleSpace"), (dict(neutral=None, clip_loss="global"), "neutral"),
+                          (dict(start="gd"), "start"), (dict(start_alpha=float("nan")), "start_alpha")):
+        with pytest.raises(ValueError, match=match):
+            pipe(PROMPT, w_start, steps=1, **{**kw, **kwargs})

@@ -77,7 +77,9 @@ Deliberate differences from the reference
   their ``requires_grad`` flags switched off during :meth:`MapperTrainer.train` (the
   reference lets gradients accumulate on the decoder); both are restored afterwards.
 * No TensorBoard: metrics go to ``logs/metrics.jsonl`` and ``TrainResult.history``.
-* The style-space mapper (``--work_in_stylespace``) is not implemented.
+* The StyleSpace mapper (``work_in_stylespace=True``, the reference's ``--work_in_stylespace``):
+  the training latents stay W+ and are turned into style codes per batch (the reference stores
+  the codes); its latent L2 is the reference's, the sum over StyleSpace layers of each layer's MSE.
 """
 from __future__ import annotations
 
@@ -100,7 +102,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointError, describe, load_state, strip_prefix
 from ..latents import as_w_plus, check_prompt, load_latents
-from ..models.mapper import MAPPER_STRENGTH, LevelsMapper, load_mapper, mapper_checkpoint
+from ..models.mapper import MAPPER_STRENGTH, LevelsMapper, StyleSpaceMapper, load_mapper, mapper_checkpoint
 
 __all__ = ["MapperResult", "LatentMapperEdit", "MapperEdit", "TrainResult", "MapperTrainer"]
 
@@ -118,8 +120,18 @@ def _check_generator(generator: Any) -> None:
 
 
 def _check_compatible(generator: Any, mapper: LevelsMapper, where: str = "mapper") -> None:
+    if isinstance(mapper, StyleSpaceMapper):
+        if mapper.style_channels != list(generator.style_channels) or \
+                not set(mapper.conv_indices) <= set(generator.conv_style_indices):
+            raise ValueError(
+                f"{where} does not fit the generator: the StyleSpace mapper edits {mapper.num_styles} style layers of "
+                f"{mapper.style_channels} channels (conv layers {mapper.conv_indices}) but the generator "
+                f"({generator.resolution} px) has {len(generator.style_channels)} of {list(generator.style_channels)} "
+                f"(conv layers {list(generator.conv_style_indices)}); use the generator the mapper was trained with")
+        return
     if not isinstance(mapper, LevelsMapper):
-        raise TypeError(f"{where}: expected a LevelsMapper (load_mapper(...)), got {type(mapper).__name__}")
+        raise TypeError(f"{where}: expected a LevelsMapper or StyleSpaceMapper (load_mapper(...)), "
+                        f"got {type(mapper).__name__}")
     if (mapper.num_ws, mapper.latent_dim) != (generator.num_ws, generator.w_dim):
         raise ValueError(
             f"{where} does not fit the generator: the mapper works on W+ of shape (N, {mapper.num_ws}, {mapper.latent_dim}) "
@@ -210,15 +222,19 @@ class MapperResult:
     None with ``return_images=False``) of the edited and of the input latents;
     ``w_plus``: the edited W+ ``source_w_plus + strength · delta``; ``delta``: the raw
     mapper output ``M(w)`` (not scaled by ``strength``); ``source_w_plus``: the input
-    as a W+ batch; ``strength``: the coefficient used.
+    as a W+ batch; ``strength``: the coefficient used.  With a StyleSpace mapper the edit
+    lives in StyleSpace: ``w_plus`` is None, ``styles`` / ``source_styles`` are the edited and
+    the source codes (one (N, C) tensor per layer) and ``delta`` is a list like them.
     """
 
     images: Optional[torch.Tensor]
     source_images: Optional[torch.Tensor]
-    w_plus: torch.Tensor
-    delta: torch.Tensor
+    w_plus: Optional[torch.Tensor]
+    delta: Any
     source_w_plus: Optional[torch.Tensor] = None
     strength: float = MAPPER_STRENGTH
+    styles: Optional[list] = None
+    source_styles: Optional[list] = None
 
 
 class LatentMapperEdit:
@@ -227,8 +243,8 @@ class LatentMapperEdit:
     Args:
         generator: the StyleGAN2 :class:`~styleclip_lib.models.stylegan2.Generator` the
             mapper was trained for (its ``num_ws``/``w_dim`` must match the mapper's).
-        mapper: a :class:`~styleclip_lib.models.mapper.LevelsMapper` (moved to the
-            generator's device).
+        mapper: a :class:`~styleclip_lib.models.mapper.LevelsMapper` or
+            :class:`~styleclip_lib.models.mapper.StyleSpaceMapper` (moved to the generator's device).
         batch_size: latents rendered per generator call.
         noise_mode: generator noise, ``'const'`` (the reference's ``randomize_noise=False``).
     """
@@ -269,6 +285,24 @@ class LatentMapperEdit:
         return torch.cat([self.generator.synthesis(w_plus[i:i + self.batch_size], noise_mode=self.noise_mode)
                           for i in range(0, w_plus.shape[0], self.batch_size)])
 
+    def _render_styles(self, styles: list) -> torch.Tensor:
+        n = styles[0].shape[0]
+        return torch.cat([self.generator.synthesis_from_styles([s[i:i + self.batch_size] for s in styles],
+                                                               noise_mode=self.noise_mode)
+                          for i in range(0, n, self.batch_size)])
+
+    def _call_style_space(self, w: torch.Tensor, s: float, return_images: bool) -> MapperResult:
+        parts = [self.generator.styles(w[i:i + self.batch_size]) for i in range(0, w.shape[0], self.batch_size)]
+        styles = [torch.cat(layer) for layer in zip(*parts)]
+        delta = [torch.cat(layer) for layer in zip(*(self.mapper(p) for p in parts))]
+        edited = [c.clone() for c in styles] if s == 0.0 else [c + s * d for c, d in zip(styles, delta)]
+        images = source = None
+        if return_images:
+            source = self._render(w)
+            images = source.clone() if s == 0.0 else self._render_styles(edited)
+        return MapperResult(images=images, source_images=source, w_plus=None, delta=delta, source_w_plus=w,
+                            strength=s, styles=edited, source_styles=styles)
+
     @torch.no_grad()
     def __call__(self, latent: Any, strength: float = MAPPER_STRENGTH, return_images: bool = True) -> MapperResult:
         """Edit W+ ``latent`` of shape (N, num_ws, w_dim) or (num_ws, w_dim).
@@ -278,6 +312,8 @@ class LatentMapperEdit:
         """
         s = _check_strength(strength)
         w = as_w_plus(latent, self.num_ws, self.w_dim, device=self.device)
+        if isinstance(self.mapper, StyleSpaceMapper):
+            return self._call_style_space(w, s, return_images)
         delta = torch.cat([self.mapper(w[i:i + self.batch_size]) for i in range(0, w.shape[0], self.batch_size)])
         w_hat = w.clone() if s == 0.0 else w + s * delta
         images = source = None
@@ -337,6 +373,25 @@ class MapperTrainer:
         val_latents: validation latents (same forms).  ``None`` with ``latents`` given: a
             seeded ``val_fraction`` of ``latents`` is held out (0: no validation).
         no_coarse_mapper, no_medium_mapper, no_fine_mapper: LevelsMapper variant.
+        work_in_stylespace: train the reference's StyleSpace mapper instead
+            (:class:`~styleclip_lib.models.mapper.StyleSpaceMapper`: ``s + 0.1·M_l(s)`` on every conv
+            StyleSpace layer; the ``no_*_mapper`` flags do not apply).
+        channel_beta, channel_sign, fs3, style_std, templates: (kit additions; StyleSpace mapper with
+            ``neutral``) train only the channels global directions keeps for (``description``,
+            ``neutral``) at ``beta = channel_beta``, as ``LatentOptimization(channel_beta=)`` does:
+            layer ``l``'s delta becomes ``(σ_l·|ds_l| / 0.1)·M_l(s)``, i.e. the edit moves each kept
+            channel ``M`` steps of its std scaled by its relevance; with ``channel_sign`` (default)
+            ``(σ_l·|ds_l| / 0.1)·sign(ds_l)·softplus(M_l(s))``, only the way the direction moves it,
+            the mapper choosing per image how far.  ``fs3``: the channel relevance (array, path or
+            a callable returning one); ``style_std``: per-layer StyleSpace std (or a callable;
+            default computed from 10 000 samples); ``templates``: the text direction's prompt
+            templates (default the 79 ImageNet ones).  Measured in the toy world ("purple hair",
+            anchored loss, 20 held-out faces, success / collateral): the reference StyleSpace
+            mapper (Ranger, 1000 steps) 0.15 / 0.25, as the W+ one; channel-masked at β 0.15 with
+            the reference latent L2 0.8 0.15 / 0.20 (the CLIP loss is satisfied by a half-way,
+            reddish edit: strength 0.2 gives 0.75); with ``latent_l2_lambda=0`` (Adam, lr 0.5)
+            0.75 / 0.25 at 300 and at 1000 steps (the collateral is the mouth, 5 of 20); β 0.3
+            keeps too few channels to edit (0.00).
         clip_lambda, latent_l2_lambda, id_lambda: loss weights (reference 1.0, 0.8, 0.1).
         optimizer: ``'ranger'`` (:class:`~styleclip_lib.optim.Ranger`, the reference) or ``'adam'``.
             Ranger's RAdam rectification warms up over roughly ``1/(1-β2) = 1000`` steps, so
@@ -388,7 +443,8 @@ class MapperTrainer:
                  num_val_images: int = 8, exp_dir: Optional[PathLike] = None, save_generator: bool = True,
                  clip_normalize: bool = True, validate_at_start: bool = True, resume_from: Optional[PathLike] = None,
                  device: Any = None, seed: int = 0, neutral: Optional[str] = None, clip_loss: Optional[str] = None,
-                 anchor_step: float = 1.0):
+                 anchor_step: float = 1.0, work_in_stylespace: bool = False, channel_beta: Optional[float] = None,
+                 channel_sign: bool = True, fs3: Any = None, style_std: Any = None, templates: Any = None):
         from ..device import resolve_device
         from ..losses.clip_loss import CLIPLoss
         from ..losses.id_loss import IDLoss
@@ -456,9 +512,16 @@ class MapperTrainer:
         self._clip_direction = None if neutral is None else self.clip_loss.text_direction(self.description, self.neutral)
 
         self.num_ws, self.w_dim = generator.num_ws, generator.w_dim
+        self.channel_beta, self.channel_sign, self.num_channels = channel_beta, bool(channel_sign), None
+        scale = sign = None
+        if channel_beta is not None:
+            scale, sign = self._channel_mask(channel_beta, work_in_stylespace, fs3, style_std, templates)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            mapper = LevelsMapper(self.w_dim, self.num_ws, no_coarse_mapper, no_medium_mapper, no_fine_mapper)
+            if work_in_stylespace:
+                mapper = StyleSpaceMapper(generator.style_channels, generator.conv_style_indices, scale, sign)
+            else:
+                mapper = LevelsMapper(self.w_dim, self.num_ws, no_coarse_mapper, no_medium_mapper, no_fine_mapper)
         params = list(mapper.parameters())
         if not params:
             raise ValueError(f"every mapper group is disabled (the generator has {self.num_ws} W+ rows: "
@@ -516,6 +579,30 @@ class MapperTrainer:
         self.resume_from = os.fspath(resume_from) if resume_from is not None else None
         if resume_from is not None:
             self.load_checkpoint(resume_from)
+
+    def _channel_mask(self, channel_beta, work_in_stylespace: bool, fs3, style_std, templates):
+        from ..global_directions import _layer_std_list, as_fs3, relevant_channels, style_statistics
+
+        if not work_in_stylespace:
+            raise ValueError("channel_beta: selects StyleSpace channels; use work_in_stylespace=True")
+        if self.neutral is None:
+            raise ValueError("channel_beta: needs neutral= (the text pair whose direction selects the channels)")
+        if fs3 is None:
+            raise ValueError("channel_beta: needs fs3= (the channel relevance: array, path to fs3.npy or a callable)")
+        g = self.generator
+        fs3 = as_fs3(fs3() if callable(fs3) else fs3, g)
+        ds, num = relevant_channels(self.clip_model, g, fs3, self.description, self.neutral, channel_beta, templates)
+        if num == 0:
+            raise ValueError(f"channel_beta={channel_beta}: no StyleSpace channel passes it for "
+                             f"({self.description!r}, {self.neutral!r}); lower channel_beta")
+        self.num_channels = int(num)
+        std = style_std() if callable(style_std) else style_std
+        if std is None:
+            std = style_statistics(g, n=10_000, progress=False)[1]
+        std = _layer_std_list(list(std) if isinstance(std, tuple) else std, g.style_channels)
+        scale = [d.abs().cpu() * sd.reshape(-1).float().cpu() / MAPPER_STRENGTH for d, sd in zip(ds, std)]
+        sign = [torch.sign(d).cpu() for d in ds] if self.channel_sign else None
+        return scale, sign
 
     # ------------------------------------------------------------------ data
     def _load_latent_arg(self, obj: Any, name: str) -> torch.Tensor:
@@ -586,12 +673,17 @@ class MapperTrainer:
         if need_source or self.id_loss is not None or self.neutral is not None:
             with torch.no_grad():
                 x = self.generator.synthesis(w, noise_mode="const")
-        w_hat = w + MAPPER_STRENGTH * self.mapper(w)
-        x_hat = self.generator.synthesis(w_hat, noise_mode="const")
+        if isinstance(self.mapper, StyleSpaceMapper):
+            w_hat = self.mapper.edit(self.generator.styles(w), MAPPER_STRENGTH)
+            x_hat = self.generator.synthesis_from_styles(w_hat, noise_mode="const")
+        else:
+            w_hat = w + MAPPER_STRENGTH * self.mapper(w)
+            x_hat = self.generator.synthesis(w_hat, noise_mode="const")
         return x, w_hat, x_hat
 
     def calc_loss(self, w: torch.Tensor, x: Optional[torch.Tensor], w_hat: torch.Tensor, x_hat: torch.Tensor):
-        """``(total loss tensor, {name: float})`` with the reference's names and weights."""
+        """``(total loss tensor, {name: float})`` with the reference's names and weights.  ``w``: the
+        W+ batch; ``w_hat``: its edit, W+ or (StyleSpace mapper) one style tensor per layer."""
         loss = x_hat.new_zeros(())
         logs: dict[str, float] = {}
         if self.lambdas["id"] > 0:
@@ -613,7 +705,13 @@ class MapperTrainer:
             logs["loss_clip"] = float(loss_clip.detach())
             loss = loss + self.lambdas["clip"] * loss_clip
         if self.lambdas["l2"] > 0:
-            loss_l2 = torch.nn.functional.mse_loss(w_hat, w)
+            if isinstance(w_hat, (list, tuple)):
+                # the reference's StyleSpace L2: one MSE per style layer, summed
+                with torch.no_grad():
+                    source = self.generator.styles(w)
+                loss_l2 = sum(torch.nn.functional.mse_loss(c_hat, c) for c_hat, c in zip(w_hat, source))
+            else:
+                loss_l2 = torch.nn.functional.mse_loss(w_hat, w)
             logs["loss_l2_latent"] = float(loss_l2.detach())
             loss = loss + self.lambdas["l2"] * loss_l2
         logs["loss"] = float(loss.detach())
@@ -655,7 +753,7 @@ class MapperTrainer:
             "mapper_type": "LevelsMapper", **self.mapper.options,
             "latents_train_path": self._latent_sources["train"], "latents_test_path": self._latent_sources["val"],
             "train_dataset_size": int(self.train_latents.shape[0]), "test_dataset_size": int(self.val_latents.shape[0]),
-            "work_in_stylespace": False, "batch_size": self.batch_size, "test_batch_size": self.val_batch_size,
+            "work_in_stylespace": isinstance(self.mapper, StyleSpaceMapper), "batch_size": self.batch_size, "test_batch_size": self.val_batch_size,
             "workers": 0, "test_workers": 0, "learning_rate": self.learning_rate, "optim_name": self.optimizer_name,
             "id_lambda": self.lambdas["id"], "clip_lambda": self.lambdas["clip"], "latent_l2_lambda": self.lambdas["l2"],
             "stylegan_weights": self._paths["generator"], "stylegan_size": int(self.generator.resolution),
@@ -666,6 +764,7 @@ class MapperTrainer:
             # kit additions
             "clip_normalize": bool(self.clip_normalize), "seed": self.seed, "truncation": self.truncation,
             "neutral": self.neutral, "clip_loss": self.clip_loss_kind, "anchor_step": self.anchor_step,
+            "channel_beta": self.channel_beta, "channel_sign": self.channel_sign, "num_channels": self.num_channels,
             "trainer": "styleclip_lib.methods.mapper.MapperTrainer",
         }
 

@@ -260,9 +260,22 @@ def main(argv=None) -> int:
                          "the way the direction moves it (s/s_std spaces)")
     ap.add_argument("--opt-free-sign", action="store_true",
                     help="with --opt-channel-beta: let the kept channels move either way (channel_sign=False)")
+    ap.add_argument("--opt-start", default="source", choices=("source", "global"),
+                    help="optimisation start: the source (reference) or the global-direction edit of it (s/s_std)")
+    ap.add_argument("--opt-start-alpha", type=float, default=4.1, help="--opt-start global: the start's strength")
     ap.add_argument("--mapper-steps", type=int, default=1000)
     ap.add_argument("--mapper-prompt", default="purple hair", help="the mapper's prompt (an edit prompt of toy.captions)")
     ap.add_argument("--mapper-clip-loss", default="global", choices=("global", "directional", "anchored"))
+    ap.add_argument("--mapper-stylespace", action="store_true",
+                    help="train the StyleSpace mapper (the reference's --work_in_stylespace) instead of the W+ one")
+    ap.add_argument("--mapper-channel-beta", type=float, default=None,
+                    help="with --mapper-stylespace: train only the channels global directions keeps at this beta, "
+                         "each only the way the direction moves it")
+    ap.add_argument("--mapper-l2", type=float, default=0.8, help="mapper latent L2 weight (reference 0.8)")
+    ap.add_argument("--mapper-optimizer", default="ranger", choices=("ranger", "adam"),
+                    help="mapper optimiser (reference: ranger), lr 0.5 either way")
+    ap.add_argument("--mapper-free-sign", action="store_true",
+                    help="with --mapper-channel-beta: let the kept channels move either way")
     a = ap.parse_args(argv)
     if Path(a.weights).resolve() != WEIGHTS_DIR.resolve():
         import os
@@ -277,8 +290,12 @@ def main(argv=None) -> int:
             "global": {"alpha": a.alpha, "beta": a.beta},
             "optimize": {"steps": a.opt_steps, "space": a.opt_space, "lr": a.opt_lr, "l2_lambda": a.opt_l2,
                          "clip_loss": a.opt_clip_loss, "anchor_step": a.opt_anchor_step,
-                         "channel_beta": a.opt_channel_beta, "channel_sign": not a.opt_free_sign},
-            "mapper": {"steps": a.mapper_steps, "clip_loss": a.mapper_clip_loss, **_mapper_prompt(a.mapper_prompt)}})
+                         "channel_beta": a.opt_channel_beta, "channel_sign": not a.opt_free_sign,
+                         "start": a.opt_start, "start_alpha": a.opt_start_alpha},
+            "mapper": {"steps": a.mapper_steps, "clip_loss": a.mapper_clip_loss, "work_in_stylespace": a.mapper_stylespace,
+                       "channel_beta": a.mapper_channel_beta, "channel_sign": not a.mapper_free_sign,
+                       "latent_l2_lambda": a.mapper_l2, "optimizer": a.mapper_optimizer,
+                       **_mapper_prompt(a.mapper_prompt)}})
     text = json.dumps(report, indent=2)
     print(text)
     print(table(report), file=sys.stderr)

@@ -127,7 +127,8 @@ def evaluate_global(models, judge, w_plus, pred, n_faces: int, alpha: float = 4.
 
 def evaluate_optimization(models, judge, w_plus, pred, n_faces: int, steps: int = 40, l2_lambda: float = 0.008,
                           clip_loss: str = "global", space: str = "w+", lr: float = 0.1, anchor_step: float = 1.0,
-                          channel_beta=None, channel_sign: bool = True, prompts=EDIT_PROMPTS) -> dict:
+                          channel_beta=None, channel_sign: bool = True, start: str = "source", start_alpha: float = 4.1,
+                          prompts=EDIT_PROMPTS) -> dict:
     """``clip_loss``: ``'global'`` (reference) or a text-pair loss (``'directional'``,
     ``'anchored'``) against the attribute's neutral prompt; see ``LatentOptimization``."""
     opt = models.optimizer()
@@ -136,7 +137,7 @@ def evaluate_optimization(models, judge, w_plus, pred, n_faces: int, steps: int 
         neutral = neutral_prompt_for(attr) if clip_loss != "global" else None
         return opt(prompt, w, steps=steps, lr=lr, l2_lambda=l2_lambda, neutral=neutral, clip_loss=clip_loss,
                    anchor_step=anchor_step, space=space, channel_beta=channel_beta, channel_sign=channel_sign,
-                   progress=False).images
+                   start=start, start_alpha=start_alpha, progress=False).images
 
     res = score_prompts("latent_optimization", edit, judge, w_plus, pred, n_faces, prompts).summary()
     res.update(steps=steps, lr=lr, l2_lambda=l2_lambda, clip_loss=clip_loss, space=space)
@@ -144,12 +145,16 @@ def evaluate_optimization(models, judge, w_plus, pred, n_faces: int, steps: int 
         res["anchor_step"] = anchor_step
     if channel_beta is not None:
         res.update(channel_beta=channel_beta, channel_sign=channel_sign)
+    if start != "source":
+        res.update(start=start, start_alpha=start_alpha)
     return res
 
 
 def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", attr: str = "hair_color", value: str = "purple",
                     steps: int = 1000, seed: int = 7, exp_dir=None, clip_loss: str = "global",
-                    anchor_step: float = 1.0) -> dict:
+                    anchor_step: float = 1.0, work_in_stylespace: bool = False, channel_beta=None,
+                    channel_sign: bool = True, latent_l2_lambda: float = 0.8, optimizer: str = "ranger",
+                    learning_rate: float = 0.5) -> dict:
     """Train one mapper on sampled latents (the reference optimiser: Ranger, lr 0.5; measured on
     "purple hair" at 1000 steps it matches Adam 0.05's success with half the collateral), then
     score it on held-out faces (other seed)."""
@@ -160,11 +165,13 @@ def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", at
     g = models.generator
     t = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = MapperTrainer(g, models.clip, description=prompt, optimizer="ranger", learning_rate=0.5, batch_size=8,
+        trainer = MapperTrainer(g, models.clip, description=prompt, optimizer=optimizer, learning_rate=learning_rate,
+                                latent_l2_lambda=latent_l2_lambda, batch_size=8,
                                 max_steps=steps, val_interval=steps, save_interval=steps, image_interval=steps,
                                 num_samples=2000, num_val_samples=64, id_lambda=0.0, exp_dir=exp_dir or tmp, seed=seed,
                                 neutral=neutral_prompt_for(attr) if clip_loss != "global" else None,
-                                clip_loss=clip_loss, anchor_step=anchor_step)
+                                clip_loss=clip_loss, anchor_step=anchor_step, work_in_stylespace=work_in_stylespace,
+                                **models.mapper_channel_options(channel_beta, channel_sign))
         result = trainer.train(progress=False)
     train_seconds = time.time() - t
     w_plus, _, pred = source_faces(g, judge, 4 * n_faces, seed + 1000)
@@ -175,7 +182,11 @@ def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", at
         out = LatentMapperEdit(g, result.mapper)(w_plus[idx])
     score.add(prompt, *score_edits(judge, pred, idx, out.images, attr, value), time.time() - t)
     res = score.summary()
-    res.update(prompt=prompt, train_steps=steps, train_seconds=train_seconds, clip_loss=clip_loss)
+    res.update(prompt=prompt, train_steps=steps, train_seconds=train_seconds, clip_loss=clip_loss,
+               work_in_stylespace=work_in_stylespace, latent_l2_lambda=latent_l2_lambda, optimizer=optimizer,
+               learning_rate=learning_rate)
+    if channel_beta is not None:
+        res.update(channel_beta=channel_beta, channel_sign=channel_sign, num_channels=trainer.num_channels)
     return res
 
 
