@@ -408,15 +408,11 @@ def edit_photo(image: Any, prompt: str, method: str = "global", *, models: Any =
 
     # ---- edit
     t = time.perf_counter()
-    styles_edited = None
-    w_edited = None
     used = dict(method_kwargs)
     if method == "global":
         used = {"alpha": 4.1, "beta": 0.15, **used}
         gd = ms.global_directions()
         out = gd(w_src, text, neutral, **used)
-        edited = inversion.render(g, styles=out.styles) if inversion.noises is not None else out.images
-        styles_edited = out.styles
         used.update(num_channels=int(out.num_channels), beta=float(out.beta))
     elif method == "optimize":
         used = {"progress": progress, **used}
@@ -426,24 +422,22 @@ def edit_photo(image: Any, prompt: str, method: str = "global", *, models: Any =
         used.pop("callback", None)
         sig = inspect.signature(type(opt).__call__).parameters
         used = {**{k: sig[k].default for k in _METHOD_OPTIONS["optimize"] if k in sig and k != "callback"}, **used}
-        if out.w_plus is not None:
-            w_edited = out.w_plus.detach()
-            edited = inversion.render(g, w_plus=w_edited) if inversion.noises is not None else out.images
-        else:
-            styles_edited = out.styles
-            edited = inversion.render(g, styles=out.styles) if inversion.noises is not None else out.images
         used["stopped"] = out.stopped
     else:
         pipe = _mapper_pipeline(g, mapper)
         used = {"strength": 0.1, **used}
         out = pipe(w_src, **used)
-        if out.w_plus is not None:
-            w_edited = out.w_plus.detach()
-            edited = inversion.render(g, w_plus=w_edited) if inversion.noises is not None else out.images
-        else:  # a StyleSpace mapper
-            styles_edited = out.styles
-            edited = inversion.render(g, styles=out.styles) if inversion.noises is not None else out.images
         used["mapper"] = str(mapper) if isinstance(mapper, (str, Path)) else type(mapper).__name__
+    # every method's output is either an edited W+ or edited StyleSpace codes (global directions,
+    # optimisation in S, a StyleSpace mapper); both render with the inversion's noise maps
+    w_edited = getattr(out, "w_plus", None)
+    styles_edited = None
+    if w_edited is not None:
+        w_edited = w_edited.detach()
+        edited = inversion.render(g, w_plus=w_edited) if inversion.noises is not None else out.images
+    else:
+        styles_edited = out.styles
+        edited = inversion.render(g, styles=styles_edited) if inversion.noises is not None else out.images
     edited = edited.detach()
     timings["edit"] = time.perf_counter() - t
 

@@ -137,23 +137,24 @@ class ModelSet:
         return self._get("global_directions", build)
 
     def optimizer(self, with_identity: bool = False):
-        from .global_directions import IMAGENET_TEMPLATES
         from .methods.optimization import LatentOptimization
 
         return LatentOptimization(self.generator, self.clip, self.identity if with_identity else None,
-                                  style_std=lambda: self.style_statistics()[1], fs3=self.fs3_path,
-                                  templates=TEXT_TEMPLATES.get(self.name, IMAGENET_TEMPLATES))
+                                  **self._channel_sources())
+
+    def _channel_sources(self) -> dict:
+        """fs3, style std and text templates, loaded on first use: what ``channel_beta`` needs."""
+        from .global_directions import IMAGENET_TEMPLATES
+
+        return {"fs3": self.fs3_path, "style_std": lambda: self.style_statistics()[1],
+                "templates": TEXT_TEMPLATES.get(self.name, IMAGENET_TEMPLATES)}
 
     def mapper_channel_options(self, channel_beta=None, channel_sign: bool = True) -> dict:
         """``MapperTrainer`` keywords that restrict a StyleSpace mapper to the channels global
         directions keeps at ``channel_beta`` (this set's fs3, style std and templates); ``{}`` for None."""
         if channel_beta is None:
             return {}
-        from .global_directions import IMAGENET_TEMPLATES
-
-        return {"channel_beta": channel_beta, "channel_sign": channel_sign, "fs3": self.fs3_path,
-                "style_std": lambda: self.style_statistics()[1],
-                "templates": TEXT_TEMPLATES.get(self.name, IMAGENET_TEMPLATES)}
+        return {"channel_beta": channel_beta, "channel_sign": channel_sign, **self._channel_sources()}
 
 
 def load_models(name: str = "toy", device: str | torch.device | None = None) -> ModelSet:
