@@ -1,4 +1,5 @@
 """The toy-world training script runs end to end on a tiny schedule, exports loadable weights and resumes."""
+import pytest
 import torch
 
 from styleclip_lib import load_arcface, load_clip, load_e4e, load_generator
@@ -350,4 +351,45 @@ def test_blend_stage_alone_fine_tunes_the_exported_generator(tmp_path):
         assert torch.equal(after["toy_embed"][k], v), k   # and so is W
     torch.testing.assert_close(after["latent_avg"], before["latent_avg"])
     g = load_generator(out / "generator.pt")
+    assert torch.isfinite(g.synthesis(g.mapping(torch.randn(2, 128)))).all()
+
+
+def test_training_device_is_validated(capsys):
+    from styleclip_lib.device import default_device
+
+    assert train.training_device("auto") == default_device()
+    assert train.training_device("cpu") == torch.device("cpu")
+    before = train.DEVICE
+    for bad, says in [("gpu0", "expected 'cpu', 'cuda'"), *([("cuda", "CUDA is not available")] if not torch.cuda.is_available() else [])]:
+        try:
+            train.main(["--tiny", "--quiet", "--no-export", "--stages", "judge", "--device", bad])
+        except SystemExit as e:
+            assert e.code == 2
+        else:
+            raise AssertionError(f"--device {bad} was accepted")
+        assert says in capsys.readouterr().err
+        assert train.DEVICE == before  # a refused device leaves the module's setting alone
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tiny_training_on_cuda_exports_cpu_weights(tmp_path):
+    out = tmp_path / "weights"
+    try:
+        assert train.main(["--tiny", "--quiet", "--device", "cuda", "--workdir", str(tmp_path / "work"), "--out", str(out),
+                           "--batch", "4", "--stages", "generator,judge,identity,encoder,clip,clip_pairs,clip_align,fs3"]) == 0
+        assert train.DEVICE.type == "cuda"
+    finally:
+        train.DEVICE = torch.device("cpu")
+    for f in ("generator.pt", "clip.pt", "judge.pt", "identity.pt", "encoder.pt", "style_stats.pt"):
+        tensors = []
+        def walk(o):
+            if isinstance(o, torch.Tensor):
+                tensors.append(o)
+            elif isinstance(o, dict):
+                [walk(v) for v in o.values()]
+            elif isinstance(o, (list, tuple)):
+                [walk(v) for v in o]
+        walk(torch.load(out / f, weights_only=False))
+        assert tensors and all(t.device.type == "cpu" for t in tensors), f
+    g = load_generator(out / "generator.pt", device="cpu")
     assert torch.isfinite(g.synthesis(g.mapping(torch.randn(2, 128)))).all()

@@ -345,8 +345,10 @@ class Generator(nn.Module):
     @torch.no_grad()
     def mean_latent(self, n: int = 4096, generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean of ``mapping(z)`` over ``n`` random z, shape (1, w_dim) as the reference."""
-        z = torch.randn(n, self.style_dim, device=self.input.input.device, generator=generator)
-        return self.style(z).mean(0, keepdim=True)
+        device = self.input.input.device
+        # z is drawn where ``generator`` lives (a seeded CPU generator gives the same mean on every device)
+        z = torch.randn(n, self.style_dim, device=generator.device if generator is not None else device, generator=generator)
+        return self.style(z.to(device)).mean(0, keepdim=True)
 
     # ---- W / W+ handling
     def to_w_plus(self, w: torch.Tensor) -> torch.Tensor:

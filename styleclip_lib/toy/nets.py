@@ -157,7 +157,7 @@ _KINDS = {"judge": Judge, "identity": IdentityNet, "encoder": ToyEncoder}
 
 
 def save_net(net: nn.Module, kind: str, path: str | os.PathLike, half: bool = True) -> None:
-    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    state = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in net.state_dict().items()}
     torch.save({"kind": kind, "config": net.config, "state_dict": state}, path)
 
 

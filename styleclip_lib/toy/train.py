@@ -31,6 +31,9 @@ Stages (each seeded, resumable from ``--workdir``, with a progress bar):
 
 On a CPU with bf16 units (AMX) every stage trains under bf16 autocast (``--precision``, fp32 master
 weights and losses), 1.3-1.9x faster per step than fp32 there (``benchmarks/bench_toy_training.py``).
+``--device`` (default 'auto': CUDA, then MPS, then the CPU) trains the networks on a GPU, in bf16 where
+the GPU supports it; the renderer, the captions and every random draw stay on the CPU, so a seed
+feeds the same batches everywhere and the files written hold CPU tensors.
 
 ``--export`` (default on) writes fp16 weights to ``styleclip_lib/toy/weights/`` in the formats the
 normal loaders read.  ``--tiny`` shrinks every stage to a few steps (used by the tests).
@@ -93,6 +96,11 @@ BATCH = dict(judge=48, identity=48, generator=32, encoder=32, clip=128)
 #: slightly between machines with and without bf16 units.
 PRECISION = "auto"
 
+#: ``--device``: where the networks train ('auto': CUDA, then Apple MPS, then the CPU).  Renders,
+#: captions and every random draw stay on the CPU (numpy and the seeded CPU generator), so a seed
+#: shows the networks the same faces, captions and noise on every device; only float rounding differs.
+DEVICE = torch.device("cpu")
+
 
 def has_bf16_units() -> bool:
     """Whether this CPU has AMX tiles (bf16 matrix units)."""
@@ -100,14 +108,37 @@ def has_bf16_units() -> bool:
 
 
 def use_bf16() -> bool:
-    return has_bf16_units() if PRECISION == "auto" else PRECISION == "bf16"
+    """``--precision auto``: bf16 on a CPU with AMX and on a CUDA GPU that supports it (Ampere and
+    later), fp32 elsewhere (MPS included)."""
+    if PRECISION != "auto":
+        return PRECISION == "bf16"
+    if DEVICE.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return DEVICE.type == "cpu" and has_bf16_units()
 
 
 def mixed_precision():
     """Autocast for a training forward pass (see :data:`PRECISION`)."""
     import contextlib
 
-    return torch.autocast("cpu", dtype=torch.bfloat16) if use_bf16() else contextlib.nullcontext()
+    return torch.autocast(DEVICE.type, dtype=torch.bfloat16) if use_bf16() else contextlib.nullcontext()
+
+
+def training_device(name: str = "auto") -> torch.device:
+    """``--device``: 'auto' or an explicit device, refused with a clear message when it is missing."""
+    from ..device import default_device, resolve_device
+
+    dev = default_device() if name == "auto" else resolve_device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu or auto")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {name}: Apple MPS is not available here; use --device cpu or auto")
+    return dev
+
+
+def on_device(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A CPU array or tensor (renderer output, codes, labels) moved to :data:`DEVICE`."""
+    return (torch.from_numpy(x) if isinstance(x, np.ndarray) else x).to(DEVICE)
 
 
 def _tqdm(total, desc, disable):
@@ -131,11 +162,11 @@ def render_tensor(batch: R.FaceBatch, size: int = IMAGE_SIZE, device="cpu") -> t
     return to_tensor(R.render_batch(batch, size), device)
 
 
-def attribute_targets(batch: R.FaceBatch) -> dict[str, torch.Tensor]:
+def attribute_targets(batch: R.FaceBatch, device="cpu") -> dict[str, torch.Tensor]:
     t = {a: torch.from_numpy(batch.attr(a)) for a in R.ATTR_NAMES}
     t["identity"] = torch.from_numpy(batch.cont)
     t["hair_visible"] = torch.from_numpy(R.observable_mask(batch)[:, R.ATTR_NAMES.index("hair_color")])
-    return t
+    return {k: v.to(device) for k, v in t.items()}
 
 
 def judge_loss(out: dict, t: dict) -> torch.Tensor:
@@ -168,12 +199,12 @@ class Stage:
 
     def run(self, modules: dict, optimizer, step_fn, every: int = 200):
         if self.path.exists():
-            ck = torch.load(self.path, weights_only=False)
+            ck = torch.load(self.path, map_location=DEVICE, weights_only=False)
             for k, m in modules.items():
                 m.load_state_dict(ck["modules"][k])
             optimizer.load_state_dict(ck["optimizer"])
             self.step = ck["step"]
-            torch.set_rng_state(ck["torch_rng"])
+            torch.set_rng_state(ck["torch_rng"].cpu())
             np_rng = ck["np_rng"]
         else:
             torch.manual_seed(self.seed)
@@ -219,7 +250,7 @@ def degrade(x: torch.Tensor, p_blur: float = 0.6, max_sigma: float = 1.2, max_no
     sigma = torch.rand(n) * max_sigma * (torch.rand(n) < p_blur)
     r = torch.arange(-3, 4, dtype=x.dtype)
     k = torch.exp(-(r[None] ** 2) / (2 * sigma.clamp_min(1e-3)[:, None] ** 2))
-    k = k / k.sum(1, keepdim=True)  # (n, 7); sigma ~ 0 gives a delta
+    k = (k / k.sum(1, keepdim=True)).to(x.device)  # (n, 7); sigma ~ 0 gives a delta
     xp = F.pad(x, (3, 3, 3, 3), mode="replicate")
     c = x.shape[1]
     # separable blur with a per-image kernel: fold the batch into channels (groups)
@@ -228,7 +259,9 @@ def degrade(x: torch.Tensor, p_blur: float = 0.6, max_sigma: float = 1.2, max_no
     kv = k.repeat_interleave(c, 0)[:, None, :, None]
     xb = F.conv2d(F.conv2d(xb, kh, groups=n * c), kv, groups=n * c)
     out = xb.reshape(n, c, *x.shape[2:])
-    return out + torch.randn_like(out) * torch.rand(n, 1, 1, 1) * max_noise
+    # drawn on the CPU generator whatever the device (the same noise for a seed everywhere)
+    noise = torch.randn(out.shape, dtype=out.dtype) * torch.rand(n, 1, 1, 1) * max_noise
+    return out + noise.to(out.device)
 
 
 def face_detail_l1(img: torch.Tensor, target: torch.Tensor, box=FACE_DETAIL_BOX) -> torch.Tensor:
@@ -246,6 +279,7 @@ def train_judge(workdir, steps, seed, quiet, kind="judge", batch=None):
         net = Judge(R.ATTRIBUTES, R.IDENTITY, IMAGE_SIZE)
     else:
         net = IdentityNet(len(R.IDENTITY), IMAGE_SIZE)
+    net.to(DEVICE)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     sched_steps = max(steps, 1)
 
@@ -253,8 +287,8 @@ def train_judge(workdir, steps, seed, quiet, kind="judge", batch=None):
         for g in opt.param_groups:
             g["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * i / sched_steps))
         faces = R.sample_params(batch, seed=int(rng.integers(2**31)))
-        x = degrade(render_tensor(faces))  # the judge must read generator outputs, not only crisp renders
-        t = attribute_targets(faces)
+        x = degrade(render_tensor(faces, device=DEVICE))  # the judge must read generator outputs, not only crisp renders
+        t = attribute_targets(faces, DEVICE)
         with mixed_precision():
             out = net(x) if kind == "judge" else net.predict_identity(x)
         if kind == "judge":
@@ -394,6 +428,7 @@ def own_styles(g, embed: torch.nn.Linear, by_value: bool | None = None) -> list:
         lin = conv.modulation
         modules.append((lin, ownership_mask(group_slices(lin.weight.shape[0]), w_groups, lin.weight.shape, by_value)))
     for m, mask in modules:
+        mask = mask.to(m.weight.device)
         with torch.no_grad():
             m.weight.mul_(mask)
         parametrize.register_parametrization(m, "weight", _Masked(mask))
@@ -475,7 +510,7 @@ def constant_torgb_styles(g, embed, n: int = 4096, seed: int = 0) -> None:
     the colour has to come through the conv channels, where global directions can reach it."""
     with torch.no_grad():
         faces = R.sample_params(n, seed=seed)
-        w_mean = embed(torch.from_numpy(faces.to_vectors())).mean(0, keepdim=True)
+        w_mean = embed(torch.from_numpy(faces.to_vectors()).to(embed.weight.device)).mean(0, keepdim=True)
         for _, conv, _, is_rgb in g.style_layers():
             if not is_rgb:
                 continue
@@ -508,7 +543,7 @@ def sample_focused(n: int, rng: np.random.Generator, focus_share: float = 0.0) -
 def synthesis_loss(g, embed, vectors: np.ndarray, target: torch.Tensor, mouth_weight: float = 4.0) -> torch.Tensor:
     """The synthesis regression: ``synthesis(embed(vectors))`` against the renders ``target``."""
     with mixed_precision():
-        img = g.synthesis(embed(torch.from_numpy(vectors)), noise_mode="const").float()
+        img = g.synthesis(embed(torch.from_numpy(vectors).to(embed.weight.device)), noise_mode="const").float()
     loss = F.l1_loss(img, target) + F.mse_loss(img, target) + F.l1_loss(F.avg_pool2d(img, 4), F.avg_pool2d(target, 4))
     # measured at 6000 steps without the mouth term: 23 of 27 wrong attributes were smiles drawn as neutral
     loss = loss + 2.0 * face_detail_l1(img, target) + mouth_weight * face_detail_l1(img, target, MOUTH_BOX)
@@ -561,11 +596,11 @@ def blended_edit_codes(faces: R.FaceBatch, rng: np.random.Generator, p: float = 
 
 def render_blend(top: R.FaceBatch, second: R.FaceBatch, weight: np.ndarray) -> torch.Tensor:
     """``weight·R(top) + (1 - weight)·R(second)``, rendering ``second`` only where it is used."""
-    img = render_tensor(top)
+    img = render_tensor(top, device=DEVICE)
     mixed = np.nonzero(weight < 1)[0]
     if len(mixed):
-        w = torch.from_numpy(weight[mixed]).view(-1, 1, 1, 1)
-        img[mixed] = w * img[mixed] + (1 - w) * render_tensor(second[mixed])
+        w = on_device(weight[mixed]).view(-1, 1, 1, 1)
+        img[mixed] = w * img[mixed] + (1 - w) * render_tensor(second[mixed], device=DEVICE)
     return img
 
 
@@ -606,8 +641,8 @@ def fine_tune_blend(generator_path, workdir, steps, seed, quiet, batch=None):
     so this equals running it inside ``generator``)."""
     from ..models.stylegan2 import load_generator
 
-    g = load_generator(generator_path, device="cpu")
-    embed = load_toy_embed(generator_path)
+    g = load_generator(generator_path, device=DEVICE)
+    embed = load_toy_embed(generator_path).to(DEVICE)
     g.memory_format = torch.channels_last
     g.requires_grad_(True)
     owned = own_styles(g, embed)
@@ -640,6 +675,7 @@ def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000, po
     embed = torch.nn.Linear(R.VECTOR_DIM, g.w_dim)
     torch.nn.init.normal_(embed.weight, std=0.35)
     torch.nn.init.zeros_(embed.bias)
+    g.to(DEVICE), embed.to(DEVICE)  # initialised on the CPU: the same start on every device
     owned = own_styles(g, embed)
     synth = [p for name, p in g.named_parameters() if not name.startswith("style.")]
     base_lr = 8e-3
@@ -650,7 +686,7 @@ def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000, po
             grp["lr"] = lr * warmup_cosine(i, total)
         faces = sample_focused(n, rng, focus_share)
         vectors, shown = global_edit_codes(faces, rng, p=EDIT_CODE_SHARE)
-        loss = synthesis_loss(g, embed, vectors, render_tensor(shown), mouth_weight)
+        loss = synthesis_loss(g, embed, vectors, render_tensor(shown, device=DEVICE), mouth_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -686,8 +722,8 @@ def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000, po
         z = torch.randn(m, g.w_dim, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
         factors = boundary_biased_normal(m, rng, p_edge=0.5)
         z[:, : R.LATENT_FACTORS] = torch.from_numpy(factors).float()
-        target = embed(torch.from_numpy(R.faces_from_z(z).to_vectors()))
-        loss = F.mse_loss(g.mapping(z), target)
+        target = embed(on_device(R.faces_from_z(z).to_vectors()))
+        loss = F.mse_loss(g.mapping(on_device(z)), target)
         map_opt.zero_grad(set_to_none=True)
         loss.backward()
         map_opt.step()
@@ -717,6 +753,7 @@ def train_encoder(g, embed, workdir, steps, seed, quiet, batch=None):
     enc.latent_avg.copy_(g.latent_avg)
     feat = enc.trunk.out_channels * enc.pool ** 2
     aux = torch.nn.ModuleDict({a: torch.nn.Linear(feat, len(v)) for a, v in R.ATTRIBUTES.items()})
+    enc.to(DEVICE), aux.to(DEVICE)
     opt = torch.optim.Adam([*enc.parameters(), *aux.parameters()], lr=1e-3)
 
     def step(i, rng):
@@ -724,8 +761,8 @@ def train_encoder(g, embed, workdir, steps, seed, quiet, batch=None):
             grp["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * i / max(steps, 1)))
         faces = R.sample_params(n, seed=int(rng.integers(2**31)))
         with torch.no_grad():
-            target_img = render_tensor(faces)
-            w = embed(torch.from_numpy(faces.to_vectors()))
+            target_img = render_tensor(faces, device=DEVICE)
+            w = embed(on_device(faces.to_vectors()))
         with mixed_precision():
             f = enc.features(target_img)
             w_plus = enc.from_features(f)
@@ -733,7 +770,7 @@ def train_encoder(g, embed, workdir, steps, seed, quiet, batch=None):
         f, w_plus, rec = f.float(), w_plus.float(), rec.float()
         loss = (F.mse_loss(w_plus, w[:, None].expand_as(w_plus)) + F.l1_loss(rec, target_img) + F.mse_loss(rec, target_img)
                 + 2.0 * face_detail_l1(rec, target_img) + 4.0 * face_detail_l1(rec, target_img, MOUTH_BOX))
-        t = attribute_targets(faces)
+        t = attribute_targets(faces, DEVICE)
         for a, head in aux.items():
             ce = F.cross_entropy(head(f.flatten(1)), t[a], reduction="none")
             loss = loss + 0.3 * (ce * t["hair_visible"].float() if a == "hair_color" else ce).mean()
@@ -779,6 +816,7 @@ def train_clip(workdir, steps, seed, quiet, batch=None, init=None, pairs: dict |
         _init_clip(model)
     else:
         model.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
+    model.to(DEVICE)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": other, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
@@ -800,17 +838,17 @@ def train_clip(workdir, steps, seed, quiet, batch=None, init=None, pairs: dict |
             faces = R.sample_params(n, seed=int(rng.integers(2**31)))
         # CLIP scores generator outputs, which are softer than renders: read both alike (mildly:
         # irises are ~4 px and a strong blur erases their colour)
-        x = degrade(render_tensor(faces), p_blur=0.3, max_sigma=0.8, max_noise=0.03)
+        x = degrade(render_tensor(faces, device=DEVICE), p_blur=0.3, max_sigma=0.8, max_noise=0.03)
         texts, stated = captions_with_hard_negatives(faces, rng, focus=focus)
         edit_texts, keep = edit_text_pairs(faces, focus, rng) if align else ([], None)
         with mixed_precision():
-            img_f, txt_f = model.encode_image(clip_normalize((x + 1) / 2)), model.encode_text(tokenize(list(texts) + edit_texts))
+            img_f, txt_f = model.encode_image(clip_normalize((x + 1) / 2)), model.encode_text(on_device(tokenize(list(texts) + edit_texts)))
         img, txt = F.normalize(img_f.float(), dim=-1), F.normalize(txt_f.float(), dim=-1)
         txt, edit_txt = txt[: len(texts)], txt[len(texts):]
         logits = model.logit_scale.exp().clamp(max=100) * txt @ img.t()  # (text, image)
-        loss = multi_positive_clip_loss(logits, caption_truth(stated, faces))
+        loss = multi_positive_clip_loss(logits, on_device(caption_truth(stated, faces)))
         if align:
-            loss = loss + align * edit_alignment_loss(img, edit_txt, keep)
+            loss = loss + align * edit_alignment_loss(img, edit_txt, on_device(keep))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -1008,16 +1046,17 @@ def export(models: dict, out_dir: Path = WEIGHTS_DIR) -> dict[str, Path]:
     paths = {}
     if "generator" in models:
         g = models["generator"]
-        sd = {k: v.half() if v.is_floating_point() else v for k, v in g.state_dict().items() if k != "latent_avg"}
+        # files hold CPU tensors whatever the training device (they load anywhere)
+        sd = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in g.state_dict().items() if k != "latent_avg"}
         paths["generator"] = out_dir / "generator.pt"
         # the exact W of any face description, next to g_ema (the generator loader ignores it)
-        extra = {"toy_embed": {k: v.detach().clone() for k, v in models["embed"].state_dict().items()}} if "embed" in models else {}
-        torch.save({"g_ema": sd, "latent_avg": g.latent_avg.clone(), **extra}, paths["generator"])
+        extra = {"toy_embed": {k: v.detach().cpu().clone() for k, v in models["embed"].state_dict().items()}} if "embed" in models else {}
+        torch.save({"g_ema": sd, "latent_avg": g.latent_avg.cpu().clone(), **extra}, paths["generator"])
     if "clip" in models:
         m = models["clip"]
         # fp16 like OpenAI's archives (plus the token embedding: half the file); LayerNorms and the
         # logit scale stay fp32.  The loader casts everything to the requested dtype.
-        sd = {k: (v.half() if v.is_floating_point() and k != "logit_scale" and "ln" not in k else v) for k, v in m.state_dict().items()}
+        sd = {k: (v.half() if v.is_floating_point() and k != "logit_scale" and "ln" not in k else v).cpu() for k, v in m.state_dict().items()}
         sd["token_embedding.weight"] = sparse_token_embedding(sd["token_embedding.weight"])
         paths["clip"] = out_dir / "clip.pt"
         torch.save(sd, paths["clip"])
@@ -1026,8 +1065,8 @@ def export(models: dict, out_dir: Path = WEIGHTS_DIR) -> dict[str, Path]:
 
         paths["fs3"] = Path(save_fs3(out_dir / "fs3.npy", models["fs3"]["fs3"], dtype=np.float16))
         paths["style_stats"] = out_dir / "style_stats.pt"
-        torch.save({"style_mean": [m.float() for m in models["fs3"]["style_mean"]],
-                    "style_std": [s.float() for s in models["fs3"]["style_std"]]}, paths["style_stats"])
+        torch.save({"style_mean": [m.float().cpu() for m in models["fs3"]["style_mean"]],
+                    "style_std": [s.float().cpu() for s in models["fs3"]["style_std"]]}, paths["style_stats"])
     for kind in ("judge", "identity", "encoder"):
         if kind in models:
             paths[kind] = out_dir / f"{kind}.pt"
@@ -1050,12 +1089,18 @@ def main(argv=None) -> int:
     ap.add_argument("--stop-after", type=int, default=0, help="leave each stage after N steps of this run (resume later)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                    help="bf16 autocast where the CPU has bf16 units ('auto'), or force one")
+                    help="bf16 autocast where the CPU has bf16 units or the GPU supports it ('auto'), or force one")
+    ap.add_argument("--device", default="auto",
+                    help="where the networks train: 'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
-    global STOP_AFTER, PRECISION
+    global STOP_AFTER, PRECISION, DEVICE
     STOP_AFTER = a.stop_after or None
     PRECISION = a.precision
+    try:
+        DEVICE = training_device(a.device)
+    except ValueError as e:
+        ap.error(str(e))
     if a.threads:
         torch.set_num_threads(a.threads)
     steps = dict(TINY_STEPS if a.tiny else RECIPES[a.recipe])
@@ -1097,22 +1142,22 @@ def _run_stages(stages, steps, batch, workdir, a, models):
         elif s == "encoder":
             from ..models.stylegan2 import load_generator
 
-            g = load_generator(Path(a.out) / "generator.pt", device="cpu")
-            embed = load_toy_embed(Path(a.out) / "generator.pt")
+            g = load_generator(Path(a.out) / "generator.pt", device=DEVICE)
+            embed = load_toy_embed(Path(a.out) / "generator.pt").to(DEVICE)
             models[s] = train_encoder(g, embed, workdir, steps[s], seed, a.quiet, batch=batch)
         elif s == "clip":
             models[s] = train_clip(workdir, steps[s], seed, a.quiet, batch=batch)
         elif s in CLIP_PHASES:  # later CLIP phases continue the previous one (this run's, or the exported one)
             from ..models.clip import load_clip
 
-            init = models.get("clip") or load_clip(Path(a.out) / "clip.pt", device="cpu")
+            init = models.get("clip") or load_clip(Path(a.out) / "clip.pt", device=DEVICE)
             models["clip"] = train_clip(workdir, steps[s], seed, a.quiet, batch=batch, init=init, name=s, lr=3e-4, **CLIP_PHASES[s])
         elif s == "fs3":
             from ..models.clip import load_clip
             from ..models.stylegan2 import load_generator
 
-            g = models.get("generator") or load_generator(Path(a.out) / "generator.pt", device="cpu")
-            cm = models.get("clip") or load_clip(Path(a.out) / "clip.pt", device="cpu")
+            g = models.get("generator") or load_generator(Path(a.out) / "generator.pt", device=DEVICE)
+            cm = models.get("clip") or load_clip(Path(a.out) / "clip.pt", device=DEVICE)
             # --tiny: only the first conv layer (a valid, truncated fs3 as the reference's 5376-row file)
             models[s] = compute_toy_fs3(g, cm, workdir, steps[s], a.quiet, stats_n=200 if a.tiny else 5000,
                                         layers=g.conv_style_indices[:1] if a.tiny else None)
