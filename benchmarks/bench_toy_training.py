@@ -63,7 +63,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    T.DEVICE = T.training_device(a.device)
+    try:
+        T.DEVICE = T.training_device(a.device)
+    except ValueError as e:
+        ap.error(str(e))
     units = "yes" if T.has_bf16_units() else "no (bf16 runs without them)"
     where = f"device {T.DEVICE}" + (f" ({torch.cuda.get_device_name(T.DEVICE)})" if T.DEVICE.type == "cuda" else "")
     print(f"{where}, threads {torch.get_num_threads()}, AMX bf16 units: {units}")
