@@ -31,7 +31,7 @@ Stages (each seeded, resumable from ``--workdir``, with a progress bar):
 
 On a CPU with bf16 units (AMX) every stage trains under bf16 autocast (``--precision``, fp32 master
 weights and losses), 1.3-1.9x faster per step than fp32 there (``benchmarks/bench_toy_training.py``).
-``--device`` (default 'auto': CUDA, then MPS, then the CPU) trains the networks on a GPU, in bf16 where
+``--device`` (default 'auto': CUDA if present, else the CPU; 'mps' on request) trains the networks on a GPU, in bf16 where
 the GPU supports it; the renderer, the captions and every random draw stay on the CPU, so a seed
 feeds the same batches everywhere and the files written hold CPU tensors.
 
@@ -96,7 +96,8 @@ BATCH = dict(judge=48, identity=48, generator=32, encoder=32, clip=128)
 #: slightly between machines with and without bf16 units.
 PRECISION = "auto"
 
-#: ``--device``: where the networks train ('auto': CUDA, then Apple MPS, then the CPU).  Renders,
+#: ``--device``: where the networks train ('auto': CUDA if present, else the CPU; Apple MPS only when
+#: asked for, as its coverage of these training ops has not been checked on one).  Renders,
 #: captions and every random draw stay on the CPU (numpy and the seeded CPU generator), so a seed
 #: shows the networks the same faces, captions and noise on every device; only float rounding differs.
 DEVICE = torch.device("cpu")
@@ -126,9 +127,9 @@ def mixed_precision():
 
 def training_device(name: str = "auto") -> torch.device:
     """``--device``: 'auto' or an explicit device, refused with a clear message when it is missing."""
-    from ..device import default_device, resolve_device
+    from ..device import resolve_device
 
-    dev = default_device() if name == "auto" else resolve_device(name)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else resolve_device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu or auto")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
@@ -1091,7 +1092,7 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="bf16 autocast where the CPU has bf16 units or the GPU supports it ('auto'), or force one")
     ap.add_argument("--device", default="auto",
-                    help="where the networks train: 'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'")
+                    help="where the networks train: 'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
     global STOP_AFTER, PRECISION, DEVICE
