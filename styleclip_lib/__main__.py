@@ -80,7 +80,7 @@ def _edit(argv: list[str]) -> int:
     ap.add_argument("--strength", type=float, default=0.1, help="mapper: w + strength*M(w)")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--latent", default=None, help="W+ latents file (.pt / .npy)")
-    src.add_argument("--seed", type=int, default=0, help="random source face (truncation 0.7)")
+    src.add_argument("--seed", type=int, default=0, help="random source face (at the model set's truncation: 1.0 for the toy world, else 0.7)")
     ap.add_argument("--model", default="toy", choices=["toy", "ffhq"])
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="edit.png")
