@@ -18,12 +18,13 @@ def _generate(argv: list[str]) -> int:
 
     from .imageio import save_image
     from .models.stylegan2 import load_generator
+    from .worlds import DEFAULT_TRUNCATION
 
     ap = argparse.ArgumentParser(prog="python -m styleclip_lib generate", description="Sample faces from a StyleGAN2 generator.")
     ap.add_argument("--checkpoint", default="toy", help="checkpoint path or registry name (default: the toy world)")
     ap.add_argument("--n", type=int, default=8, help="number of samples")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--truncation", type=float, default=None, help="default: 1.0 for the toy world, else 0.7")
+    ap.add_argument("--truncation", type=float, default=None, help=f"default: {DEFAULT_TRUNCATION['toy']} for the toy world, else {DEFAULT_TRUNCATION['ffhq']}")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="samples.png")
     a = ap.parse_args(argv)
@@ -31,7 +32,7 @@ def _generate(argv: list[str]) -> int:
         ap.error("--n must be >= 1")
     g = load_generator(a.checkpoint, device=a.device)
     if a.truncation is None:
-        a.truncation = 1.0 if a.checkpoint == "toy" else 0.7
+        a.truncation = DEFAULT_TRUNCATION["toy" if a.checkpoint == "toy" else "ffhq"]
     dev = g.latent_avg.device
     z = torch.randn(a.n, g.w_dim, generator=torch.Generator().manual_seed(a.seed)).to(dev)
     with torch.no_grad():
@@ -80,7 +81,7 @@ def _edit(argv: list[str]) -> int:
     ap.add_argument("--strength", type=float, default=0.1, help="mapper: w + strength*M(w)")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--latent", default=None, help="W+ latents file (.pt / .npy)")
-    src.add_argument("--seed", type=int, default=0, help="random source face (at the model set's truncation: 1.0 for the toy world, else 0.7)")
+    src.add_argument("--seed", type=int, default=0, help="random source face (at the model set's truncation, ModelSet.truncation)")
     ap.add_argument("--model", default="toy", choices=["toy", "ffhq"])
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="edit.png")
