@@ -47,3 +47,12 @@ def test_toy_weights_folder_can_be_overridden(tmp_path, monkeypatch):
     assert sc.load_generator("toy").size == 64
     with pytest.raises(FileNotFoundError, match="clip.pt"):  # not in the override folder
         weights_path("toy-clip")
+
+
+def test_evaluate_refuses_a_missing_device_before_any_work(capsys):
+    """``--device`` (where the method edits run) is checked up front, with the argument named."""
+    for device, says in [("gpu0", "expected 'cpu', 'cuda'"), *([("cuda", "CUDA is not available")] if not torch.cuda.is_available() else [])]:
+        with pytest.raises(SystemExit) as e:
+            E.main(["--n", "1", "--methods", "global", "--device", device])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "--device" in err and says in err, err

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..device import module_device
 from . import captions as C
 from . import render as R
 from .nets import load_net
@@ -37,12 +38,13 @@ def _batches(n: int, size: int):
 @torch.no_grad()
 def judge_predictions(judge, images: torch.Tensor, batch: int = 256) -> dict[str, np.ndarray]:
     out: dict[str, list] = {}
+    dev = module_device(judge)  # images may come from a generator on another device
     for a, b in _batches(len(images), batch):
-        pred = judge.predict(images[a:b])
+        pred = judge.predict(images[a:b].to(dev))
         for k in R.ATTR_NAMES:
-            out.setdefault(k, []).append(pred[k][0].numpy())
-            out.setdefault(k + ".conf", []).append(pred[k][1].numpy())
-        out.setdefault("identity", []).append(pred["identity"].numpy())
+            out.setdefault(k, []).append(pred[k][0].cpu().numpy())
+            out.setdefault(k + ".conf", []).append(pred[k][1].cpu().numpy())
+        out.setdefault("identity", []).append(pred["identity"].cpu().numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -244,6 +246,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the JSON report here")
     ap.add_argument("--methods", default="", help="also score edits: comma list of global,optimize,mapper")
     ap.add_argument("--faces", type=int, default=20, help="source faces per edit prompt (--methods)")
+    ap.add_argument("--device", default="cpu", help="--methods: where the edits run ('cpu', 'cuda', 'cuda:N', 'mps'); the judge scores on the CPU")
     # the reference GUI's default strength is 4.1; the toy world's edits need a little more (v6, 25 prompts
     # x 20 faces, β 0.15, success / collateral: α 4.1 0.73 / 0.07, 5 0.78 / 0.08, 6 0.82 / 0.11, 8 0.81 / 0.16)
     ap.add_argument("--alpha", type=float, default=6.0, help="global directions strength (reference GUI: 4.1)")
@@ -277,6 +280,12 @@ def main(argv=None) -> int:
     ap.add_argument("--mapper-free-sign", action="store_true",
                     help="with --mapper-channel-beta: let the kept channels move either way")
     a = ap.parse_args(argv)
+    from .train import training_device
+
+    try:
+        device = training_device(a.device)
+    except ValueError as e:
+        ap.error(str(e))
     if Path(a.weights).resolve() != WEIGHTS_DIR.resolve():
         import os
 
@@ -286,7 +295,7 @@ def main(argv=None) -> int:
     if methods:
         from .evaluate_methods import evaluate_methods
 
-        report["methods"] = evaluate_methods(a.faces, a.seed, methods, **{
+        report["methods"] = evaluate_methods(a.faces, a.seed, methods, device=device, **{
             "global": {"alpha": a.alpha, "beta": a.beta},
             "optimize": {"steps": a.opt_steps, "space": a.opt_space, "lr": a.opt_lr, "l2_lambda": a.opt_l2,
                          "clip_loss": a.opt_clip_loss, "anchor_step": a.opt_anchor_step,

@@ -83,7 +83,7 @@ def score_edits(judge, source_pred: dict, idx: np.ndarray, edited: torch.Tensor,
 def source_faces(g, judge, n: int, seed: int):
     """``n`` generator samples and the judge's view of them.  No truncation: in the toy world it
     blends discrete attributes (see :data:`styleclip_lib.worlds.DEFAULT_TRUNCATION`)."""
-    z = torch.randn(n, g.w_dim, generator=torch.Generator().manual_seed(seed))
+    z = torch.randn(n, g.w_dim, generator=torch.Generator().manual_seed(seed)).to(g.latent_avg.device)
     with torch.no_grad():
         w_plus = g.to_w_plus(g.mapping(z)).contiguous()
         images = g.synthesis(w_plus)
@@ -190,16 +190,19 @@ def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", at
     return res
 
 
-def evaluate_methods(n_faces: int = 20, seed: int = 2024, methods=("global", "optimize", "mapper"), **knobs) -> dict:
+def evaluate_methods(n_faces: int = 20, seed: int = 2024, methods=("global", "optimize", "mapper"), device="cpu",
+                     **knobs) -> dict:
+    """Score the methods on the toy world; ``device`` is where the edits run (the judge scores on the
+    CPU, where the source codes z are drawn too, so every device edits the same faces)."""
     from ..worlds import load_models
     from .nets import load_net
     from . import weights_path
 
-    models = load_models("toy", "cpu")
+    models = load_models("toy", device)
     judge = load_net(weights_path("toy-judge"), "judge")
     g = models.generator
     w_plus, _, pred = source_faces(g, judge, 6 * n_faces, seed)
-    report = {"n_faces_per_prompt": n_faces, "prompts": len(EDIT_PROMPTS)}
+    report = {"n_faces_per_prompt": n_faces, "prompts": len(EDIT_PROMPTS), "device": str(models.device)}
     if "global" in methods:
         report["global"] = evaluate_global(models, judge, w_plus, pred, n_faces, **knobs.get("global", {}))
     if "optimize" in methods:
