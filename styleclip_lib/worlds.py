@@ -149,12 +149,16 @@ class ModelSet:
         return {"fs3": self.fs3_path, "style_std": lambda: self.style_statistics()[1],
                 "templates": TEXT_TEMPLATES.get(self.name, IMAGENET_TEMPLATES)}
 
-    def mapper_channel_options(self, channel_beta=None, channel_sign: bool = True) -> dict:
+    def mapper_channel_options(self, channel_beta=None, channel_sign: bool = True, with_mean: bool = False) -> dict:
         """``MapperTrainer`` keywords that restrict a StyleSpace mapper to the channels global
-        directions keeps at ``channel_beta`` (this set's fs3, style std and templates); ``{}`` for None."""
+        directions keeps at ``channel_beta`` (this set's fs3, style std and templates; ``{}`` for None),
+        and with ``with_mean`` this set's style mean and std, what ``range_lambda`` needs."""
+        opts = {}
+        if with_mean:
+            opts.update(style_mean=lambda: self.style_statistics()[0], style_std=lambda: self.style_statistics()[1])
         if channel_beta is None:
-            return {}
-        return {"channel_beta": channel_beta, "channel_sign": channel_sign, **self._channel_sources()}
+            return opts
+        return {"channel_beta": channel_beta, "channel_sign": channel_sign, **self._channel_sources(), **opts}
 
 
 def load_models(name: str = "toy", device: str | torch.device | None = None) -> ModelSet:

@@ -505,3 +505,35 @@ def test_channel_masked_style_space_mapper(G, C, latents, tmp_path):
             MapperTrainer(G, C, **{**kw, "channel_beta": 0.1, **kwargs})
     with pytest.warns(UserWarning, match="no channel"), pytest.raises(ValueError, match="lower channel_beta"):
         MapperTrainer(G, C, **{**kw, "channel_beta": 1.0})
+
+
+def test_range_loss_counts_only_what_leaves_the_channel_spread(G, C, latents, tmp_path):
+    """``range_lambda``: squared excess (in stds) past ``range_sigma`` of the mean, or past the source's
+    own distance when the source is already outside; nothing for an edit inside the spread."""
+    mean = [torch.zeros(c) for c in G.style_channels]
+    std = [torch.full((c,), 0.5) for c in G.style_channels]
+    kw = dict(description="purple hair", latents=latents, val_fraction=0.2, id_lambda=0, work_in_stylespace=True,
+              max_steps=2, range_lambda=2.0, range_sigma=2.0, style_mean=mean, style_std=std, batch_size=2,
+              val_interval=2, save_interval=2, image_interval=None, optimizer="adam", learning_rate=1.0, seed=1)
+    trainer = MapperTrainer(G, C, exp_dir=tmp_path, **kw)
+    w = latents[:2]
+    with torch.no_grad():
+        src = G.styles(w)
+    assert float(trainer._range_loss(w, src)) == 0.0
+    i, j = G.conv_style_indices[1], G.conv_style_indices[-1]
+    hat = [s.clone() for s in src]
+    z_src = src[i][:, 0] / 0.5
+    hat[i][:, 0] = torch.sign(z_src) * (z_src.abs().clamp_min(2.0) + 3.0) * 0.5  # 3 stds past its bound
+    hat[i][:, 1] = 0.0  # towards the mean: free
+    hat[j][:, 2] = torch.sign(src[j][:, 2]) * torch.maximum(src[j][:, 2].abs(), torch.tensor(1.0))  # within 2 stds or the source's own
+    torch.testing.assert_close(trainer._range_loss(w, hat), torch.tensor(9.0))
+    loss, logs = trainer.calc_loss(w, None, hat, G.synthesis_from_styles(hat, noise_mode="const"))
+    assert logs["loss_range"] == pytest.approx(9.0) and logs["loss"] == pytest.approx(logs["loss_clip"] + 0.8 * logs["loss_l2_latent"] + 2.0 * 9.0, rel=1e-5)
+    trainer.train(progress=False)
+    assert "loss_range" in trainer.history and len(trainer.history["loss_range"]) == 2
+    ckpt = torch.load(tmp_path / "checkpoints" / "iteration_2.pt", weights_only=False)
+    assert ckpt["opts"]["range_lambda"] == 2.0 and ckpt["opts"]["range_sigma"] == 2.0
+    for bad, match in ((dict(work_in_stylespace=False), "work_in_stylespace"), (dict(range_sigma=0), "range_sigma"),
+                       (dict(range_lambda=-1.0), "range_lambda")):
+        with pytest.raises(ValueError, match=match):
+            MapperTrainer(G, C, **{**kw, **bad})

@@ -279,6 +279,10 @@ def main(argv=None) -> int:
                     help="mapper optimiser (reference: ranger), lr 0.5 either way")
     ap.add_argument("--mapper-free-sign", action="store_true",
                     help="with --mapper-channel-beta: let the kept channels move either way")
+    ap.add_argument("--mapper-range", type=float, default=0.0,
+                    help="StyleSpace mapper: range_lambda, weight of the loss on channels leaving their spread (kit addition)")
+    ap.add_argument("--mapper-range-sigma", type=float, default=3.0, help="--mapper-range: the spread, in style stds")
+    ap.add_argument("--mapper-strength", type=float, default=0.1, help="mapper inference strength (reference 0.1)")
     a = ap.parse_args(argv)
     from .train import training_device
 
@@ -304,6 +308,7 @@ def main(argv=None) -> int:
             "mapper": {"steps": a.mapper_steps, "clip_loss": a.mapper_clip_loss, "work_in_stylespace": a.mapper_stylespace,
                        "channel_beta": a.mapper_channel_beta, "channel_sign": not a.mapper_free_sign,
                        "latent_l2_lambda": a.mapper_l2, "optimizer": a.mapper_optimizer,
+                       "range_lambda": a.mapper_range, "range_sigma": a.mapper_range_sigma, "strength": a.mapper_strength,
                        **_mapper_prompt(a.mapper_prompt)}})
     text = json.dumps(report, indent=2)
     print(text)

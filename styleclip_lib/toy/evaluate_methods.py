@@ -154,7 +154,8 @@ def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", at
                     steps: int = 1000, seed: int = 7, exp_dir=None, clip_loss: str = "global",
                     anchor_step: float = 1.0, work_in_stylespace: bool = False, channel_beta=None,
                     channel_sign: bool = True, latent_l2_lambda: float = 0.8, optimizer: str = "ranger",
-                    learning_rate: float = 0.5) -> dict:
+                    learning_rate: float = 0.5, range_lambda: float = 0.0, range_sigma: float = 3.0,
+                    strength: float = 0.1) -> dict:
     """Train one mapper on sampled latents (the reference optimiser: Ranger, lr 0.5; measured on
     "purple hair" at 1000 steps it matches Adam 0.05's success with half the collateral), then
     score it on held-out faces (other seed)."""
@@ -171,7 +172,8 @@ def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", at
                                 num_samples=2000, num_val_samples=64, id_lambda=0.0, exp_dir=exp_dir or tmp, seed=seed,
                                 neutral=neutral_prompt_for(attr) if clip_loss != "global" else None,
                                 clip_loss=clip_loss, anchor_step=anchor_step, work_in_stylespace=work_in_stylespace,
-                                **models.mapper_channel_options(channel_beta, channel_sign))
+                                range_lambda=range_lambda, range_sigma=range_sigma,
+                                **models.mapper_channel_options(channel_beta, channel_sign, with_mean=range_lambda > 0))
         result = trainer.train(progress=False)
     train_seconds = time.time() - t
     w_plus, _, pred = source_faces(g, judge, 4 * n_faces, seed + 1000)
@@ -179,12 +181,14 @@ def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", at
     score = MethodScore("latent_mapper")
     t = time.time()
     with torch.no_grad():
-        out = LatentMapperEdit(g, result.mapper)(w_plus[idx])
+        out = LatentMapperEdit(g, result.mapper)(w_plus[idx], strength=strength)
     score.add(prompt, *score_edits(judge, pred, idx, out.images, attr, value), time.time() - t)
     res = score.summary()
     res.update(prompt=prompt, train_steps=steps, train_seconds=train_seconds, clip_loss=clip_loss,
                work_in_stylespace=work_in_stylespace, latent_l2_lambda=latent_l2_lambda, optimizer=optimizer,
-               learning_rate=learning_rate)
+               learning_rate=learning_rate, strength=strength)
+    if range_lambda > 0:
+        res.update(range_lambda=range_lambda, range_sigma=range_sigma)
     if channel_beta is not None:
         res.update(channel_beta=channel_beta, channel_sign=channel_sign, num_channels=trainer.num_channels)
     return res
