@@ -391,3 +391,33 @@ def test_tiny_training_on_cuda_exports_cpu_weights(tmp_path):
         assert tensors and all(t.device.type == "cpu" for t in tensors), f
     g = load_generator(out / "generator.pt", device="cpu")
     assert torch.isfinite(g.synthesis(g.mapping(torch.randn(2, 128)))).all()
+
+
+def test_two_jobs_train_what_one_process_trains(tmp_path):
+    """``--jobs 2``: the two stage chains in two processes, then fs3, give the weights of one process
+    (each stage keeps the seed of its place in the run), and a chain stopped by ``--stop-after``
+    holds fs3 back until a rerun finishes it."""
+    common = ["--tiny", "--quiet", "--batch", "4", "--threads", "1", "--stages", "generator,judge,encoder,clip,fs3"]
+    saved = torch.get_num_threads()
+    try:
+        assert train.main([*common, "--workdir", str(tmp_path / "one"), "--out", str(tmp_path / "w1")]) == 0
+        two = [*common, "--jobs", "2", "--workdir", str(tmp_path / "two"), "--out", str(tmp_path / "w2")]
+        assert train.main([*two, "--stop-after", "1"]) == 0
+        assert not (tmp_path / "w2" / "fs3.npy").exists()
+        assert torch.load(tmp_path / "two" / "judge.ckpt", weights_only=False)["step"] == 1
+        assert train.main(two) == 0
+    finally:
+        torch.set_num_threads(saved)
+    for name in ("generator.pt", "judge.pt", "encoder.pt", "clip.pt"):
+        a, b = (torch.load(tmp_path / w / name, weights_only=False) for w in ("w1", "w2"))
+        sa, sb = (x.get("state_dict", x.get("g_ema", x)) if isinstance(x, dict) else x for x in (a, b))
+        flat = lambda d: {k: v for k, v in d.items() if torch.is_tensor(v)} if isinstance(d, dict) else {}
+        ta, tb = flat(sa), flat(sb)
+        assert ta and ta.keys() == tb.keys(), name
+        for k in ta:
+            torch.testing.assert_close(ta[k], tb[k], msg=f"{name}: {k}")
+    import numpy as np
+
+    # one process computes fs3 from the models in memory, --jobs from the exported fp16 files
+    f1, f2 = (np.load(tmp_path / w / "fs3.npy") for w in ("w1", "w2"))
+    np.testing.assert_allclose(f2, f1, rtol=0, atol=5e-2 * np.abs(f1).max())  # measured 2 %
