@@ -56,3 +56,23 @@ def test_evaluate_refuses_a_missing_device_before_any_work(capsys):
             E.main(["--n", "1", "--methods", "global", "--device", device])
         err = capsys.readouterr().err
         assert e.value.code == 2 and "--device" in err and says in err, err
+
+
+def test_mapper_figures_pool_over_prompts_by_edits(monkeypatch):
+    """``--mapper-prompt all``: one mapper per prompt, pooled over edits (not averaged over prompts)."""
+    from styleclip_lib.toy import evaluate_methods as EM
+
+    fake = {"a": dict(edits=10, success_rate=1.0, collateral_rate=0.0, clean_success_rate=1.0, identity_drift=0.1,
+                      seconds_per_edit=0.01, train_seconds=5.0),
+            "b": dict(edits=30, success_rate=0.0, collateral_rate=0.5, clean_success_rate=0.0, identity_drift=0.3,
+                      seconds_per_edit=0.03, train_seconds=7.0)}
+
+    def one(models, judge, n_faces, prompt, attr, value, **kw):
+        assert kw == {"steps": 3}
+        return {"method": "latent_mapper", "prompt": prompt, "train_steps": 3, **fake[prompt]}
+
+    monkeypatch.setattr(EM, "evaluate_mapper", one)
+    res = EM.evaluate_mappers(None, None, 20, prompts=[("a", "hair_color", "red"), ("b", "mouth", "smile")], steps=3)
+    assert res["prompt"] == "all" and res["prompts"] == 2 and res["edits"] == 40 and res["train_seconds"] == 12.0
+    assert res["success_rate"] == pytest.approx(0.25) and res["collateral_rate"] == pytest.approx(0.375)
+    assert res["identity_drift"] == pytest.approx(0.25) and res["per_prompt"]["b"] == {"n": 30, "success": 0.0, "collateral": 0.5}

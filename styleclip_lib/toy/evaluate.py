@@ -232,10 +232,12 @@ def table(report: dict) -> str:
 def _mapper_prompt(prompt: str) -> dict:
     from .captions import EDIT_PROMPTS
 
+    if prompt == "all":
+        return {"prompt": "all"}
     for p, attr, value in EDIT_PROMPTS:
         if p == prompt:
             return {"prompt": p, "attr": attr, "value": value}
-    raise SystemExit(f"--mapper-prompt: expected one of {', '.join(repr(p) for p, _, _ in EDIT_PROMPTS)}, got {prompt!r}")
+    raise SystemExit(f"--mapper-prompt: expected 'all' or one of {', '.join(repr(p) for p, _, _ in EDIT_PROMPTS)}, got {prompt!r}")
 
 
 def main(argv=None) -> int:
@@ -267,7 +269,7 @@ def main(argv=None) -> int:
                     help="optimisation start: the source (reference) or the global-direction edit of it (s/s_std)")
     ap.add_argument("--opt-start-alpha", type=float, default=4.1, help="--opt-start global: the start's strength")
     ap.add_argument("--mapper-steps", type=int, default=1000)
-    ap.add_argument("--mapper-prompt", default="purple hair", help="the mapper's prompt (an edit prompt of toy.captions)")
+    ap.add_argument("--mapper-prompt", default="purple hair", help="the mapper's prompt (an edit prompt of toy.captions), or 'all': one mapper per edit prompt")
     ap.add_argument("--mapper-clip-loss", default="global", choices=("global", "directional", "anchored"))
     ap.add_argument("--mapper-stylespace", action="store_true",
                     help="train the StyleSpace mapper (the reference's --work_in_stylespace) instead of the W+ one")

@@ -194,6 +194,33 @@ def evaluate_mapper(models, judge, n_faces: int, prompt: str = "purple hair", at
     return res
 
 
+def evaluate_mappers(models, judge, n_faces: int, prompts=EDIT_PROMPTS, progress: bool = False, **knobs) -> dict:
+    """One mapper per prompt (each trained and scored as :func:`evaluate_mapper`), pooled over the
+    edits as the other methods are; ``per_prompt`` keeps each mapper's figures."""
+    from ..methods.mapper import _progress_bar
+
+    runs = []
+    bar = _progress_bar(progress, len(prompts), 0, "mappers")
+    for prompt, attr, value in prompts:
+        runs.append(evaluate_mapper(models, judge, n_faces, prompt=prompt, attr=attr, value=value, **knobs))
+        bar.update(1)
+    bar.close()
+    n = sum(r["edits"] for r in runs)
+
+    def pooled(key):
+        return sum(r[key] * r["edits"] for r in runs) / max(n, 1)
+
+    res = {k: v for k, v in runs[0].items() if k not in ("prompt", "per_prompt")}
+    res.update(prompt="all", prompts=len(runs), edits=n, success_rate=pooled("success_rate"),
+               collateral_rate=pooled("collateral_rate"), clean_success_rate=pooled("clean_success_rate"),
+               identity_drift=pooled("identity_drift"), seconds_per_edit=pooled("seconds_per_edit"),
+               train_seconds=sum(r["train_seconds"] for r in runs),
+               per_prompt={r["prompt"]: {"n": r["edits"], "success": r["success_rate"], "collateral": r["collateral_rate"],
+                                         **({"num_channels": r["num_channels"]} if "num_channels" in r else {})}
+                           for r in runs})
+    return res
+
+
 def evaluate_methods(n_faces: int = 20, seed: int = 2024, methods=("global", "optimize", "mapper"), device="cpu",
                      **knobs) -> dict:
     """Score the methods on the toy world; ``device`` is where the edits run (the judge scores on the
@@ -212,5 +239,11 @@ def evaluate_methods(n_faces: int = 20, seed: int = 2024, methods=("global", "op
     if "optimize" in methods:
         report["optimize"] = evaluate_optimization(models, judge, w_plus, pred, n_faces, **knobs.get("optimize", {}))
     if "mapper" in methods:
-        report["mapper"] = evaluate_mapper(models, judge, n_faces, **knobs.get("mapper", {}))
+        mapper = dict(knobs.get("mapper", {}))
+        if mapper.get("prompt") == "all":  # one mapper per edit prompt
+            for k in ("prompt", "attr", "value"):
+                mapper.pop(k, None)
+            report["mapper"] = evaluate_mappers(models, judge, n_faces, progress=True, **mapper)
+        else:
+            report["mapper"] = evaluate_mapper(models, judge, n_faces, **mapper)
     return report
