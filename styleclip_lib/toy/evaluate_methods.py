@@ -199,6 +199,8 @@ def evaluate_mappers(models, judge, n_faces: int, prompts=EDIT_PROMPTS, progress
     edits as the other methods are; ``per_prompt`` keeps each mapper's figures."""
     from ..methods.mapper import _progress_bar
 
+    if not prompts:
+        raise ValueError("prompts: expected at least one (prompt, attribute, value)")
     runs = []
     bar = _progress_bar(progress, len(prompts), 0, "mappers")
     for prompt, attr, value in prompts:
@@ -208,7 +210,7 @@ def evaluate_mappers(models, judge, n_faces: int, prompts=EDIT_PROMPTS, progress
     n = sum(r["edits"] for r in runs)
 
     def pooled(key):
-        return sum(r[key] * r["edits"] for r in runs) / max(n, 1)
+        return sum(r[key] * r["edits"] for r in runs if r["edits"]) / max(n, 1)  # a prompt with no faces scores nan
 
     res = {k: v for k, v in runs[0].items() if k not in ("prompt", "per_prompt")}
     res.update(prompt="all", prompts=len(runs), edits=n, success_rate=pooled("success_rate"),
