@@ -405,7 +405,8 @@ class MapperTrainer:
             0.75 / 0.25 at 300 and at 1000 steps (the collateral is the mouth, 5 of 20); β 0.3
             keeps too few channels to edit (0.00).  The same masked mapper (β 0.15, L2 0, Adam, 1000
             steps) on "a face with glasses" 1.00 / 0.05 and "a smiling face" 0.70 / 0.20, where the
-            reference W+ mapper gets 0.60 / 0.05 and 0.10 / 0.05.
+            reference W+ mapper gets 0.60 / 0.05 and 0.10 / 0.05; one per prompt over the toy world's
+            25 edit prompts (300 steps each) 0.84 / 0.13, as global directions' 0.85 / 0.14.
         range_lambda, range_sigma, style_mean: (kit addition; StyleSpace mapper) weight of a loss on
             edited conv channels that leave their spread: the squared excess, in style stds, of
             ``|s' − mean|`` beyond ``range_sigma`` (or beyond the source's own distance), summed over
