@@ -95,3 +95,30 @@ def test_edit_optimize_channel_beta(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["edit", "--method", "optimize", "--prompt", "a face with a beard", "--start", "global", "--out", str(out)])
     assert "--start global" in capsys.readouterr().err
+
+
+def test_train_mapper_trains_resumes_and_feeds_edit(tmp_path, capsys):
+    """``train-mapper`` (toy world: the channel-masked recipe, neutral inferred from the prompt) writes an
+    official-format checkpoint that ``edit --method mapper`` takes; a second run needs ``--resume``."""
+    import torch
+
+    exp = str(tmp_path / "run")
+    base = ["train-mapper", "--prompt", "purple hair", "--exp-dir", exp, "--batch-size", "2"]
+    assert main([*base, "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "channel_masked mapper for 'purple hair' (neutral 'hair'" in out and "edit with:" in out
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "iteration_2.pt", weights_only=False)
+    assert ckpt["opts"]["description"] == "purple hair" and ckpt["opts"]["channel_beta"] == 0.15 and ckpt["step"] == 2
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--steps", "3"])
+    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
+    assert main([*base, "--steps", "3", "--resume"]) == 0
+    assert "resuming at step 2" in capsys.readouterr().out
+    assert (tmp_path / "run" / "checkpoints" / "iteration_3.pt").exists()
+    png = tmp_path / "e.png"
+    assert main(["edit", "--method", "mapper", "--mapper", str(tmp_path / "run" / "checkpoints" / "iteration_3.pt"),
+                 "--prompt", "purple hair", "--seed", "1", "--out", str(png)]) == 0
+    assert np.asarray(Image.open(png)).std() > 5
+    with pytest.raises(SystemExit):
+        main(["train-mapper", "--prompt", "a face", "--exp-dir", str(tmp_path / "x")])
+    assert "--neutral is needed" in capsys.readouterr().err
