@@ -174,13 +174,10 @@ def _train_mapper(argv: list[str]) -> int:
                 neutral = neutral_prompt_for(asked[0][0])
         if neutral is None:
             ap.error("--neutral is needed with the channel_masked recipe (e.g. --prompt 'purple hair' --neutral hair)")
-        knobs = dict(work_in_stylespace=True, neutral=neutral, clip_loss="anchored", latent_l2_lambda=0.0, id_lambda=0.0,
-                     optimizer="adam", learning_rate=0.5, batch_size=a.batch_size or 8, max_steps=a.steps or 300,
-                     num_samples=2000, num_val_samples=64, val_interval=a.steps or 300,
-                     **models.mapper_channel_options(channel_beta=0.15))
-    else:
-        knobs = dict(identity_model=models.identity, batch_size=a.batch_size or 2, max_steps=a.steps or 50000,
-                     num_samples=5000, num_val_samples=200)
+    knobs = models.mapper_recipe(recipe, neutral)
+    knobs.update({k: v for k, v in (("batch_size", a.batch_size), ("max_steps", a.steps)) if v is not None})
+    if recipe == "channel_masked":
+        knobs["val_interval"] = knobs["max_steps"]
     resume = _latest_checkpoint(a.exp_dir) if a.resume else None
     if a.resume and resume is None:
         ap.error(f"--resume: no iteration_*.pt checkpoint in {a.exp_dir}/checkpoints")

@@ -122,3 +122,16 @@ def test_train_mapper_trains_resumes_and_feeds_edit(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train-mapper", "--prompt", "a face", "--exp-dir", str(tmp_path / "x")])
     assert "--neutral is needed" in capsys.readouterr().err
+
+
+def test_mapper_recipes_are_named_and_checked():
+    import styleclip_lib as sc
+
+    models = sc.load_models("toy", "cpu")
+    knobs = models.mapper_recipe("auto", neutral="hair")
+    assert knobs["work_in_stylespace"] and knobs["channel_beta"] == 0.15 and knobs["latent_l2_lambda"] == 0.0
+    ref = models.mapper_recipe("reference")
+    assert ref["max_steps"] == 50000 and ref["identity_model"] is models.identity and "channel_beta" not in ref
+    for recipe, neutral, says in (("bogus", "hair", "expected 'auto'"), ("channel_masked", None, "needs neutral")):
+        with pytest.raises(ValueError, match=says):
+            models.mapper_recipe(recipe, neutral)

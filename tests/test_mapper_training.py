@@ -519,14 +519,14 @@ def test_range_loss_counts_only_what_leaves_the_channel_spread(G, C, latents, tm
     w = latents[:2]
     with torch.no_grad():
         src = G.styles(w)
-    assert float(trainer._range_loss(w, src)) == 0.0
+    assert float(trainer._range_loss(src, src)) == 0.0
     i, j = G.conv_style_indices[1], G.conv_style_indices[-1]
     hat = [s.clone() for s in src]
     z_src = src[i][:, 0] / 0.5
     hat[i][:, 0] = torch.sign(z_src) * (z_src.abs().clamp_min(2.0) + 3.0) * 0.5  # 3 stds past its bound
     hat[i][:, 1] = 0.0  # towards the mean: free
     hat[j][:, 2] = torch.sign(src[j][:, 2]) * torch.maximum(src[j][:, 2].abs(), torch.tensor(1.0))  # within 2 stds or the source's own
-    torch.testing.assert_close(trainer._range_loss(w, hat), torch.tensor(9.0))
+    torch.testing.assert_close(trainer._range_loss(hat, src), torch.tensor(9.0))
     loss, logs = trainer.calc_loss(w, None, hat, G.synthesis_from_styles(hat, noise_mode="const"))
     assert logs["loss_range"] == pytest.approx(9.0) and logs["loss"] == pytest.approx(logs["loss_clip"] + 0.8 * logs["loss_l2_latent"] + 2.0 * 9.0, rel=1e-5)
     trainer.train(progress=False)

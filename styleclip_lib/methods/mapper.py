@@ -628,17 +628,16 @@ class MapperTrainer:
         return [(mean[i].float().to(self.device), std[i].float().clamp_min(1e-6).to(self.device))
                 for i in g.conv_style_indices]
 
-    def _range_loss(self, w: torch.Tensor, styles_hat: list) -> torch.Tensor:
+    def _range_loss(self, styles_hat: list, source: list) -> torch.Tensor:
         """Squared excess, in style stds, of each edited conv channel beyond ``range_sigma`` of its
         mean (or beyond the source's own distance, for a source already outside), summed over
         channels and averaged over the batch: 0 while the edit stays where the generator's
         samples go, so it bounds an edit without pulling it back as the latent L2 does."""
-        with torch.no_grad():
-            source = self.generator.styles(w)
         total = styles_hat[0].new_zeros(())
+        n = len(source[0])
         for (mean, std), i in zip(self._style_range, self.generator.conv_style_indices):
-            z_hat = (styles_hat[i].reshape(len(w), -1) - mean) / std
-            bound = ((source[i].reshape(len(w), -1) - mean) / std).abs().clamp_min(self.range_sigma)
+            z_hat = (styles_hat[i].reshape(n, -1) - mean) / std
+            bound = ((source[i].reshape(n, -1) - mean) / std).abs().clamp_min(self.range_sigma)
             total = total + torch.relu(z_hat.abs() - bound).pow(2).sum(1).mean()
         return total
 
@@ -750,6 +749,14 @@ class MapperTrainer:
         W+ batch; ``w_hat``: its edit, W+ or (StyleSpace mapper) one style tensor per layer."""
         loss = x_hat.new_zeros(())
         logs: dict[str, float] = {}
+        cache: list = []
+
+        def source_styles():  # the StyleSpace L2 and the range loss share one styles(w) per step
+            if not cache:
+                with torch.no_grad():
+                    cache.append(self.generator.styles(w))
+            return cache[0]
+
         if self.lambdas["id"] > 0:
             loss_id = self.id_loss(x_hat, x)
             logs["loss_id"] = float(loss_id.detach())
@@ -771,15 +778,14 @@ class MapperTrainer:
         if self.lambdas["l2"] > 0:
             if isinstance(w_hat, (list, tuple)):
                 # the reference's StyleSpace L2: one MSE per style layer, summed
-                with torch.no_grad():
-                    source = self.generator.styles(w)
+                source = source_styles()
                 loss_l2 = sum(torch.nn.functional.mse_loss(c_hat, c) for c_hat, c in zip(w_hat, source))
             else:
                 loss_l2 = torch.nn.functional.mse_loss(w_hat, w)
             logs["loss_l2_latent"] = float(loss_l2.detach())
             loss = loss + self.lambdas["l2"] * loss_l2
         if self.lambdas["range"] > 0:
-            loss_range = self._range_loss(w, w_hat)
+            loss_range = self._range_loss(w_hat, source_styles())
             logs["loss_range"] = float(loss_range.detach())
             loss = loss + self.lambdas["range"] * loss_range
         logs["loss"] = float(loss.detach())
