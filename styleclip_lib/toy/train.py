@@ -48,6 +48,7 @@ import argparse
 import math
 import os
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -79,7 +80,11 @@ FULL_STEPS = dict(judge=1500, identity=1500, generator=7500, polish=2500, blend=
 #: CLIP phases 17, fs3 0.3; its weights miss the quality targets (mouth, eye colour: README "The hour budget").
 #: The shipped weights come from the full recipe.
 QUICK_STEPS = dict(judge=500, identity=500, generator=2000, polish=700, blend=500, mapping=12000, encoder=700, clip=600, clip_pairs=250, clip_align=150, fs3=2000)
-RECIPES = {"full": FULL_STEPS, "quick": QUICK_STEPS}
+#: ``--recipe hour``: the stages cut to about two thirds (the synthesis stages 65 %, CLIP 68 %) so that
+#: ``--jobs 2`` fits the hour on 2 CPU cores with bf16 units; the mapping keeps its 40000 cheap steps
+#: (the sharp steps between attribute values need them) and fs3 its samples.
+HOUR_STEPS = dict(judge=1200, identity=1000, generator=5000, polish=1500, blend=1000, mapping=40000, encoder=1500, clip=1500, clip_pairs=450, clip_align=400, fs3=4000)
+RECIPES = {"full": FULL_STEPS, "hour": HOUR_STEPS, "quick": QUICK_STEPS}
 TINY_STEPS = dict(judge=3, identity=3, generator=3, polish=2, blend=2, mapping=3, encoder=3, clip=3, clip_pairs=2, clip_align=2, fs3=2)
 #: (top, bottom, left, right) of the eyes-to-mouth region, as fractions of the image size
 FACE_DETAIL_BOX = (0.34, 0.80, 0.22, 0.78)
@@ -94,7 +99,7 @@ BATCH = dict(judge=48, identity=48, generator=32, encoder=32, clip=128)
 
 
 #: ``--precision``: 'auto' trains in bfloat16 autocast (fp32 master weights and losses) where the
-#: CPU has AMX tiles (bf16 matrix units) and in fp32 elsewhere; 'fp32' and 'bf16' force one.  Measured on
+#: CPU has bf16 dot products (AMX tiles or AVX-512 BF16, :func:`has_bf16_units`) and in fp32 elsewhere; 'fp32' and 'bf16' force one.  Measured on
 #: an AMX CPU (2 cores), forward + backward of the 64 px generator layer: 97 ms fp32, 19 ms bf16 in
 #: channels-last layout.  Results are seeded on a given machine; bf16 rounding makes them differ
 #: slightly between machines with and without bf16 units.
@@ -108,12 +113,27 @@ DEVICE = torch.device("cpu")
 
 
 def has_bf16_units() -> bool:
-    """Whether this CPU has AMX tiles (bf16 matrix units)."""
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    """Whether this CPU computes bf16 dot products natively: AMX tiles, or AVX-512 BF16 (AMD Zen 4 and
+    later, Intel Cooper Lake).  Measured on 2 AMD EPYC (Zen 4) cores, which have AVX-512 BF16 but no
+    AMX, seconds per step fp32 / bf16 (``benchmarks/bench_toy_training.py``): judge 0.267 / 0.140,
+    synthesis 0.322 / 0.179, encoder 0.452 / 0.211, CLIP 0.901 / 0.573.  Without either, bf16 has
+    no native dot product, so ``--precision auto`` keeps fp32 there."""
+    return any(bool(getattr(torch.cpu, f, lambda: False)()) for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def adam(params, lr: float, adamw: bool = False, **kw) -> torch.optim.Optimizer:
+    """Adam(W) of the toy stages, with the fused (one pass per tensor) update on the CPU and CUDA.
+
+    Why: the for-loop update walks every tensor several times; measured on 2 cores it was 15 % of a
+    CLIP step (the 49408-row token embedding alone is 6.3 M numbers) and 10 % of a mapping step.
+    The fused kernel computes the same update."""
+    cls = torch.optim.AdamW if adamw else torch.optim.Adam
+    fused = DEVICE.type in ("cpu", "cuda")
+    return cls(params, lr=lr, **({"fused": True} if fused else {}), **kw)
 
 
 def use_bf16() -> bool:
-    """``--precision auto``: bf16 on a CPU with AMX and on a CUDA GPU that supports it (Ampere and
+    """``--precision auto``: bf16 on a CPU with bf16 units (AMX or AVX-512 BF16) and on a CUDA GPU that supports it (Ampere and
     later), fp32 elsewhere (MPS included)."""
     if PRECISION != "auto":
         return PRECISION == "bf16"
@@ -287,7 +307,7 @@ def train_judge(workdir, steps, seed, quiet, kind="judge", batch=None):
     else:
         net = IdentityNet(len(R.IDENTITY), IMAGE_SIZE)
     net.to(DEVICE)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    opt = adam(net.parameters(), 2e-3, adamw=True, weight_decay=1e-4)
     sched_steps = max(steps, 1)
 
     def step(i, rng):
@@ -314,15 +334,17 @@ def train_judge(workdir, steps, seed, quiet, kind="judge", batch=None):
 def boundary_biased_normal(n: int, rng: np.random.Generator, p_edge: float = 0.3) -> np.ndarray:
     """z ~ N(0, 1), except that with probability ``p_edge`` one attribute factor is moved
     next to one of its bin edges, so the decoder sees (and learns) sharp transitions."""
-    z = rng.standard_normal((n, R.LATENT_FACTORS))
     from statistics import NormalDist
 
+    z = rng.standard_normal((n, R.LATENT_FACTORS))
+    counts = np.array([len(v) for v in R.ATTRIBUTES.values()])
+    rows = np.nonzero(rng.random(n) < p_edge)[0]
+    a = rng.integers(len(counts), size=len(rows))
+    k = 1 + np.floor(rng.random(len(rows)) * (counts[a] - 1)).astype(int)  # an inner edge of attribute a's bins
+    # bin edges of V values are the normal quantiles k/V; one table for every (V, k)
     inv = NormalDist().inv_cdf
-    counts = [len(v) for v in R.ATTRIBUTES.values()]
-    for i in np.nonzero(rng.random(n) < p_edge)[0]:
-        a = int(rng.integers(len(counts)))
-        k = int(rng.integers(1, counts[a]))
-        z[i, a] = inv(k / counts[a]) + rng.normal(0, 0.03)
+    edges = {(v, j): inv(j / v) for v in set(counts.tolist()) for j in range(1, v)}
+    z[rows, a] = np.array([edges[(int(v), int(j))] for v, j in zip(counts[a], k)]) + rng.normal(0, 0.03, len(rows))
     return z
 
 
@@ -626,7 +648,7 @@ def train_blend(g, embed, workdir, steps, seed, quiet, batch=None) -> None:
     frozen = {id(p) for _, conv, _, is_rgb in g.style_layers() if is_rgb for name, p in conv.modulation.named_parameters()
               if "weight" in name}
     params = [p for name, p in g.named_parameters() if not name.startswith("style.") and id(p) not in frozen]
-    opt = torch.optim.Adam(params, lr=BLEND["lr"], betas=(0.9, 0.99))
+    opt = adam(params, BLEND["lr"], betas=(0.9, 0.99))
 
     def step(i, rng):
         for grp in opt.param_groups:
@@ -686,7 +708,7 @@ def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000, po
     owned = own_styles(g, embed)
     synth = [p for name, p in g.named_parameters() if not name.startswith("style.")]
     base_lr = 8e-3
-    opt = torch.optim.Adam([{"params": synth}, {"params": embed.parameters()}], lr=base_lr, betas=(0.9, 0.99))
+    opt = adam([{"params": synth}, {"params": embed.parameters()}], base_lr, betas=(0.9, 0.99))
 
     def synth_step(i, rng, lr=base_lr, total=steps, focus_share=0.0, mouth_weight=4.0, optimizer=opt):
         for grp in optimizer.param_groups:
@@ -704,7 +726,7 @@ def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000, po
         if TORGB_STYLES == "constant" and not (workdir / "polish.ckpt").exists():
             constant_torgb_styles(g, embed, seed=seed)
         # a fresh optimiser (the synthesis stage's moments belong to its large early steps)
-        pol = torch.optim.Adam([{"params": synth}, {"params": embed.parameters()}], lr=POLISH["lr"], betas=(0.9, 0.99))
+        pol = adam([{"params": synth}, {"params": embed.parameters()}], POLISH["lr"], betas=(0.9, 0.99))
 
         def polish_step(i, rng):
             return synth_step(i, rng, lr=POLISH["lr"], total=polish_steps, focus_share=POLISH["focus_share"],
@@ -720,7 +742,7 @@ def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000, po
     # choice for GANs): a regression needs a large learning rate on the stored values.  Measured
     # (2000 steps): lr 0.1 / 1 / 3 / 10 / 30 leave 76% / 28% / 16% / 8% / 9% of the target variance.
     map_lr = 10.0
-    map_opt = torch.optim.Adam(mapping, lr=map_lr, betas=(0.9, 0.99))
+    map_opt = adam(mapping, map_lr, betas=(0.9, 0.99))
 
     def map_step(i, rng):
         for grp in map_opt.param_groups:
@@ -761,7 +783,7 @@ def train_encoder(g, embed, workdir, steps, seed, quiet, batch=None):
     feat = enc.trunk.out_channels * enc.pool ** 2
     aux = torch.nn.ModuleDict({a: torch.nn.Linear(feat, len(v)) for a, v in R.ATTRIBUTES.items()})
     enc.to(DEVICE), aux.to(DEVICE)
-    opt = torch.optim.Adam([*enc.parameters(), *aux.parameters()], lr=1e-3)
+    opt = adam([*enc.parameters(), *aux.parameters()], 1e-3)
 
     def step(i, rng):
         for grp in opt.param_groups:
@@ -826,7 +848,7 @@ def train_clip(workdir, steps, seed, quiet, batch=None, init=None, pairs: dict |
     model.to(DEVICE)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": other, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+    opt = adam([{"params": decay, "weight_decay": 0.05}, {"params": other, "weight_decay": 0.0}], lr, adamw=True, betas=(0.9, 0.98))
 
     def step(i, rng):
         warm = min(1.0, (i + 1) / 100)
@@ -1131,6 +1153,8 @@ def main(argv=None) -> int:
         ap.error("--stage-indices: one index per stage")
     if a.jobs == 2 and a.no_export and {"encoder", "fs3"} & set(stages):
         ap.error("--jobs 2 with --no-export: the encoder and fs3 read the generator and CLIP the chains export")
+    if a.stage_indices and hasattr(signal, "SIGUSR1"):  # a chain of --jobs 2
+        signal.signal(signal.SIGUSR1, _take_all_threads)
     workdir = Path(a.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     random.seed(a.seed)
@@ -1159,6 +1183,39 @@ AFTER_CHAINS = ("fs3",)
 PAUSED_EXIT = 3
 
 
+#: ``--jobs 2``: every thread of the run, told to each chain's process (see :func:`_take_all_threads`)
+THREADS_ENV = "STYLECLIP_TRAIN_ALL_THREADS"
+
+
+def _take_all_threads(*_) -> None:
+    """SIGUSR1 handler of a chain's process: the other chain has finished, so use every thread.
+
+    Why: the two chains are unequal (on 2 CPU cores the generator chain runs about 1.5x longer than
+    the CLIP chain), and a tiny network trains 1.4-1.9x faster on two threads than on one, so the
+    longer chain's tail should not run on half the machine."""
+    n = int(os.environ.get(THREADS_ENV, "0") or 0)
+    if n > torch.get_num_threads():
+        torch.set_num_threads(n)
+
+
+def _wait_handing_over_threads(procs) -> list[int]:
+    """Wait for every chain; when one finishes well, the others are told to take every thread."""
+    import signal
+    import time as _time
+
+    codes: list[int | None] = [None] * len(procs)
+    while any(c is None for c in codes):
+        for i, p in enumerate(procs):
+            if codes[i] is None and p.poll() is not None:
+                codes[i] = p.returncode
+                if p.returncode == 0 and hasattr(signal, "SIGUSR1"):
+                    for q in procs:
+                        if q.poll() is None:
+                            q.send_signal(signal.SIGUSR1)
+        _time.sleep(0.5)
+    return [int(c) for c in codes]
+
+
 def _run_chains(stages, a) -> int | None:
     """Run ``stages``' chains in two child processes; None when both finished, else the exit code."""
     import subprocess
@@ -1177,9 +1234,10 @@ def _run_chains(stages, a) -> int | None:
         cmd = [sys.executable, "-m", "styleclip_lib.toy.train", *common, "--stages", ",".join(chain),
                "--stage-indices", ",".join(str(index[s]) for s in chain)]
         print(f"[jobs] chain {line + 1}: {', '.join(chain)} ({per_chain} threads)", flush=True)
-        procs.append(subprocess.Popen(cmd, env={**os.environ, "STYLECLIP_TRAIN_BAR_LINE": str(line)}))
+        procs.append(subprocess.Popen(cmd, env={**os.environ, "STYLECLIP_TRAIN_BAR_LINE": str(line),
+                                               THREADS_ENV: str(a.threads or torch.get_num_threads())}))
     try:
-        codes = [p.wait() for p in procs]
+        codes = _wait_handing_over_threads(procs)
     except KeyboardInterrupt:
         # a terminal sends Ctrl-C to the children as well (they save, then exit); a notebook's
         # interrupt reaches only this process, so pass it on to a child still running after a moment
