@@ -1,7 +1,7 @@
 """Toy-world training: seconds per step of the main stages in fp32 and in bf16 autocast.
 
 ``python -m styleclip_lib.toy.train --precision auto`` trains under bf16 autocast where the CPU has
-bf16 units (AMX).  This times the real stage functions of ``styleclip_lib.toy.train`` (judge, the
+bf16 units (AMX, or AVX-512 BF16 as on AMD Zen 4).  This times the real stage functions of ``styleclip_lib.toy.train`` (judge, the
 generator's synthesis regression, the encoder, CLIP) both ways on this machine and prints the
 ratio.  Each stage first runs ``--warmup`` steps (model set-up, first-call costs), then resumes for
 ``--steps`` timed steps from its checkpoint, as a stopped training run would.
@@ -67,9 +67,9 @@ def main(argv=None) -> int:
         T.DEVICE = T.training_device(a.device)
     except ValueError as e:
         ap.error(str(e))
-    units = "yes" if T.has_bf16_units() else "no (bf16 runs without them)"
+    units = "yes" if T.has_bf16_units() else "no (--precision auto keeps fp32)"
     where = f"device {T.DEVICE}" + (f" ({torch.cuda.get_device_name(T.DEVICE)})" if T.DEVICE.type == "cuda" else "")
-    print(f"{where}, threads {torch.get_num_threads()}, AMX bf16 units: {units}")
+    print(f"{where}, threads {torch.get_num_threads()}, bf16 units (AMX or AVX-512 BF16): {units}")
     print(f"{'stage':10s} {'batch':>5s} {'fp32 s/step':>12s} {'bf16 s/step':>12s} {'fp32/bf16':>10s}")
     for name in filter(None, a.stages.split(",")):
         fp32 = seconds_per_step(name, "fp32", a.steps, a.warmup)

@@ -9,7 +9,7 @@ from styleclip_lib.toy.nets import load_net
 
 def test_tiny_training_exports_loadable_models(tmp_path):
     out, work = tmp_path / "weights", tmp_path / "work"
-    rc = train.main(["--tiny", "--quiet", "--workdir", str(work), "--out", str(out), "--batch", "4",
+    rc = train.main(["--tiny", "--quiet", "--jobs", "1", "--workdir", str(work), "--out", str(out), "--batch", "4",
                      "--stages", "generator,judge,identity,encoder,clip,clip_align,fs3"])
     assert rc == 0
     g = load_generator(out / "generator.pt")
@@ -373,7 +373,7 @@ def test_training_device_is_validated(capsys):
 def test_tiny_training_on_cuda_exports_cpu_weights(tmp_path):
     out = tmp_path / "weights"
     try:
-        assert train.main(["--tiny", "--quiet", "--device", "cuda", "--workdir", str(tmp_path / "work"), "--out", str(out),
+        assert train.main(["--tiny", "--quiet", "--jobs", "1", "--device", "cuda", "--workdir", str(tmp_path / "work"), "--out", str(out),
                            "--batch", "4", "--stages", "generator,judge,identity,encoder,clip,clip_pairs,clip_align,fs3"]) == 0
         assert train.DEVICE.type == "cuda"
     finally:
@@ -400,7 +400,7 @@ def test_two_jobs_train_what_one_process_trains(tmp_path):
     common = ["--tiny", "--quiet", "--batch", "4", "--threads", "1", "--stages", "generator,judge,encoder,clip,fs3"]
     saved = torch.get_num_threads()
     try:
-        assert train.main([*common, "--workdir", str(tmp_path / "one"), "--out", str(tmp_path / "w1")]) == 0
+        assert train.main([*common, "--jobs", "1", "--workdir", str(tmp_path / "one"), "--out", str(tmp_path / "w1")]) == 0
         two = [*common, "--jobs", "2", "--workdir", str(tmp_path / "two"), "--out", str(tmp_path / "w2")]
         assert train.main([*two, "--stop-after", "1"]) == 0
         assert not (tmp_path / "w2" / "fs3.npy").exists()
@@ -421,3 +421,123 @@ def test_two_jobs_train_what_one_process_trains(tmp_path):
     # one process computes fs3 from the models in memory, --jobs from the exported fp16 files
     f1, f2 = (np.load(tmp_path / w / "fs3.npy") for w in ("w1", "w2"))
     np.testing.assert_allclose(f2, f1, rtol=0, atol=5e-2 * np.abs(f1).max())  # measured 2 %
+
+
+def test_bf16_units_include_avx512_bf16(monkeypatch):
+    """``--precision auto`` takes bf16 on a CPU with AVX-512 BF16 as well as on one with AMX, fp32 without either."""
+    monkeypatch.setattr(train, "DEVICE", torch.device("cpu"))
+    monkeypatch.setattr(train, "PRECISION", "auto")
+    for amx, avx512_bf16, expected in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        assert train.has_bf16_units() is expected and train.use_bf16() is expected, (amx, avx512_bf16)
+    monkeypatch.setattr(train, "PRECISION", "fp32")
+    assert not train.use_bf16()
+
+
+def test_fused_adam_takes_the_same_steps_as_the_loop(monkeypatch):
+    """The stages' fused Adam(W) computes the reference update; MPS keeps the loop."""
+    torch.manual_seed(0)
+    ref = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
+    mine = [p.detach().clone().requires_grad_(True) for p in ref]
+    monkeypatch.setattr(train, "DEVICE", torch.device("cpu"))
+    fused = train.adam(mine, 1e-2, adamw=True, weight_decay=0.05, betas=(0.9, 0.98))
+    assert fused.defaults["fused"] and isinstance(fused, torch.optim.AdamW)
+    loop = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.05, betas=(0.9, 0.98))
+    for _ in range(3):
+        for params, opt in ((ref, loop), (mine, fused)):
+            opt.zero_grad()
+            sum((p ** 3).sum() for p in params).backward()
+            opt.step()
+    for a, b in zip(ref, mine):
+        torch.testing.assert_close(b, a)
+    assert not (ref[0] == mine[0].new_zeros(())).all()
+    monkeypatch.setattr(train, "DEVICE", torch.device("mps"))
+    assert not train.adam([torch.zeros(2, requires_grad=True)], 1e-3).defaults.get("fused")
+
+
+def test_boundary_biased_z_sits_next_to_bin_edges():
+    """A share p_edge of the rows has one attribute factor within a few hundredths of an inner bin edge."""
+    import numpy as np
+    from statistics import NormalDist
+
+    from styleclip_lib.toy import render as R
+
+    z = train.boundary_biased_normal(4000, np.random.default_rng(0), p_edge=0.5)
+    assert z.shape == (4000, R.LATENT_FACTORS)
+    np.testing.assert_array_equal(z, train.boundary_biased_normal(4000, np.random.default_rng(0), p_edge=0.5))
+    counts = [len(v) for v in R.ATTRIBUTES.values()]
+    edges = [np.array([NormalDist().inv_cdf(k / c) for k in range(1, c)]) for c in counts]
+    near_edge = lambda z: np.stack([np.abs(z[:, a, None] - edges[a][None]).min(1) < 0.1 for a in range(len(counts))], 1)
+    near = near_edge(z)
+    # half the rows were moved next to an edge; the others land that close by chance as often as plain draws
+    by_chance = near_edge(train.boundary_biased_normal(4000, np.random.default_rng(1), p_edge=0.0)).any(1).mean()
+    assert abs(near.any(1).mean() - (by_chance + 0.5 * (1 - by_chance))) < 0.03, (near.any(1).mean(), by_chance)
+    every_edge = {(a, int(np.abs(z[i, a] - edges[a]).argmin())) for i, a in zip(*np.nonzero(near))}
+    assert len(every_edge) == sum(c - 1 for c in counts)  # every inner edge of every attribute is visited
+
+
+def test_recipes_name_every_stage_and_the_hour_is_shorter_than_full():
+    for name, steps in train.RECIPES.items():
+        assert set(steps) == set(train.FULL_STEPS), name
+    hour, full = train.RECIPES["hour"], train.FULL_STEPS
+    assert all(hour[k] <= full[k] for k in full) and sum(hour.values()) < sum(full.values())
+
+
+def test_a_finished_chain_hands_its_threads_to_the_other(tmp_path, monkeypatch):
+    """--jobs 2: when one chain exits well, the one still running is told (SIGUSR1) to use every thread."""
+    import signal
+    import subprocess
+    import sys
+
+    if not hasattr(signal, "SIGUSR1"):
+        pytest.skip("no SIGUSR1 on this platform")
+    flag = tmp_path / "threads"
+    waiter = ("import os, signal, sys, time, torch\n"
+              "from styleclip_lib.toy import train\n"
+              "torch.set_num_threads(1)\n"
+              "def on(*a):\n"
+              "    train._take_all_threads()\n"
+              f"    open({str(flag)!r}, 'w').write(str(torch.get_num_threads()))\n"
+              "signal.signal(signal.SIGUSR1, on)\n"
+              "open(sys.argv[1], 'w').close()\n"
+              f"t = time.time()\nwhile not os.path.exists({str(flag)!r}) and time.time() - t < 60:\n    time.sleep(0.05)\n")
+    ready = tmp_path / "ready"
+    env = {**__import__("os").environ, train.THREADS_ENV: "2"}
+    slow = subprocess.Popen([sys.executable, "-c", waiter, str(ready)], env=env)
+    import time
+
+    t = time.time()
+    while not ready.exists() and time.time() - t < 60:  # the handler is installed
+        time.sleep(0.05)
+    quick = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert train._wait_handing_over_threads([slow, quick]) == [0, 0]
+    assert flag.read_text() == "2"
+
+
+def test_auto_recipe_and_jobs_fit_the_machine(monkeypatch):
+    """--recipe auto: full on CUDA, the hour recipe elsewhere; --jobs auto: two chains only where both
+    chains run, export, and there are threads (or a GPU) to share."""
+    import argparse
+
+    assert train.resolve_recipe("auto", torch.device("cuda")) == "full"
+    assert train.resolve_recipe("auto", torch.device("cpu")) == "hour"
+    assert train.resolve_recipe("quick", torch.device("cuda")) == "quick"
+    every = ["generator", "judge", "identity", "encoder", "clip", "fs3"]
+    args = lambda **k: argparse.Namespace(**{"threads": 2, "no_export": False, "stage_indices": "", **k})
+    monkeypatch.setattr(train, "DEVICE", torch.device("cpu"))
+    assert train.resolve_jobs("auto", every, args()) == 2
+    assert train.resolve_jobs("auto", every, args(threads=1)) == 1
+    assert train.resolve_jobs("auto", every, args(no_export=True)) == 1
+    assert train.resolve_jobs("auto", every, args(stage_indices="0,2")) == 1  # a chain's own process
+    assert train.resolve_jobs("auto", ["generator", "encoder"], args()) == 1
+    assert train.resolve_jobs("2", ["generator"], args()) == 2
+    monkeypatch.setattr(train, "DEVICE", torch.device("mps"))
+    assert train.resolve_jobs("auto", every, args()) == 1
+
+
+@pytest.mark.parametrize("bad", ["generator", "genrator=5", "clip=-3", "clip=many"])
+def test_steps_override_is_checked(bad, capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--tiny", "--quiet", "--no-export", "--stages", "judge", "--steps", bad])
+    assert "--steps" in capsys.readouterr().err
