@@ -340,20 +340,30 @@ def train_judge(workdir, steps, seed, quiet, kind="judge", batch=None):
     return net.eval()
 
 
+def _attribute_bin_edges() -> np.ndarray:
+    """``(attributes, max values)``: entry ``[a, k]`` is the k-th bin edge of attribute ``a``'s factor,
+    the normal quantile ``k / V`` (``params_from_normal`` cuts N(0, 1) into V equal-mass bins)."""
+    from statistics import NormalDist
+
+    counts = [len(v) for v in R.ATTRIBUTES.values()]
+    table = np.full((len(counts), max(counts)), np.nan)
+    for a, v in enumerate(counts):
+        table[a, 1:v] = [NormalDist().inv_cdf(k / v) for k in range(1, v)]
+    return table
+
+
+_BIN_EDGES = _attribute_bin_edges()
+_VALUE_COUNTS = np.array([len(v) for v in R.ATTRIBUTES.values()])
+
+
 def boundary_biased_normal(n: int, rng: np.random.Generator, p_edge: float = 0.3) -> np.ndarray:
     """z ~ N(0, 1), except that with probability ``p_edge`` one attribute factor is moved
     next to one of its bin edges, so the decoder sees (and learns) sharp transitions."""
-    from statistics import NormalDist
-
     z = rng.standard_normal((n, R.LATENT_FACTORS))
-    counts = np.array([len(v) for v in R.ATTRIBUTES.values()])
     rows = np.nonzero(rng.random(n) < p_edge)[0]
-    a = rng.integers(len(counts), size=len(rows))
-    k = 1 + np.floor(rng.random(len(rows)) * (counts[a] - 1)).astype(int)  # an inner edge of attribute a's bins
-    # bin edges of V values are the normal quantiles k/V; one table for every (V, k)
-    inv = NormalDist().inv_cdf
-    edges = {(v, j): inv(j / v) for v in set(counts.tolist()) for j in range(1, v)}
-    z[rows, a] = np.array([edges[(int(v), int(j))] for v, j in zip(counts[a], k)]) + rng.normal(0, 0.03, len(rows))
+    a = rng.integers(len(_VALUE_COUNTS), size=len(rows))
+    k = 1 + np.floor(rng.random(len(rows)) * (_VALUE_COUNTS[a] - 1)).astype(int)  # an inner edge of attribute a
+    z[rows, a] = _BIN_EDGES[a, k] + rng.normal(0, 0.03, len(rows))
     return z
 
 
@@ -1236,9 +1246,6 @@ def _take_all_threads(*_) -> None:
 
 def _wait_handing_over_threads(procs) -> list[int]:
     """Wait for every chain; when one finishes well, the others are told to take every thread."""
-    import signal
-    import time as _time
-
     codes: list[int | None] = [None] * len(procs)
     while any(c is None for c in codes):
         for i, p in enumerate(procs):
@@ -1248,7 +1255,7 @@ def _wait_handing_over_threads(procs) -> list[int]:
                     for q in procs:
                         if q.poll() is None:
                             q.send_signal(signal.SIGUSR1)
-        _time.sleep(0.5)
+        time.sleep(0.5)
     return [int(c) for c in codes]
 
 
@@ -1260,7 +1267,8 @@ def _run_chains(stages, a) -> int | None:
     index = {s: i for i, s in enumerate(stages)}
     chains = [[s for s in chain if s in index] for chain in CHAINS]
     chains = [c for c in chains if c]
-    per_chain = str(max(1, (a.threads or torch.get_num_threads()) // max(1, len(chains))))
+    all_threads = a.threads or torch.get_num_threads()
+    per_chain = str(max(1, all_threads // max(1, len(chains))))
     common = ["--workdir", a.workdir, "--out", a.out, "--seed", str(a.seed), "--recipe", a.recipe, "--jobs", "1", "--threads", per_chain,
               "--precision", a.precision, "--device", a.device, "--batch", str(a.batch), "--stop-after", str(a.stop_after),
               *(["--steps", a.steps] if a.steps else []), *(["--tiny"] if a.tiny else []),
@@ -1271,7 +1279,7 @@ def _run_chains(stages, a) -> int | None:
                "--stage-indices", ",".join(str(index[s]) for s in chain)]
         print(f"[jobs] chain {line + 1}: {', '.join(chain)} ({per_chain} threads)", flush=True)
         procs.append(subprocess.Popen(cmd, env={**os.environ, "STYLECLIP_TRAIN_BAR_LINE": str(line),
-                                               THREADS_ENV: str(a.threads or torch.get_num_threads())}))
+                                               THREADS_ENV: str(all_threads)}))
     try:
         codes = _wait_handing_over_threads(procs)
     except KeyboardInterrupt:
