@@ -1,8 +1,10 @@
 """The toy-world training script runs end to end on a tiny schedule, exports loadable weights and resumes."""
+import numpy as np
 import pytest
 import torch
 
 from styleclip_lib import load_arcface, load_clip, load_e4e, load_generator
+from styleclip_lib.toy import render as R
 from styleclip_lib.toy import train
 from styleclip_lib.toy.nets import load_net
 
@@ -482,6 +484,32 @@ def test_recipes_name_every_stage_and_the_hour_is_shorter_than_full():
         assert set(steps) == set(train.FULL_STEPS), name
     hour, full = train.RECIPES["hour"], train.FULL_STEPS
     assert all(hour[k] <= full[k] for k in full) and sum(hour.values()) < sum(full.values())
+
+
+def test_each_recipe_trains_its_own_main_synthesis_stage(tmp_path, monkeypatch):
+    """The hour recipe's main synthesis stage oversamples smiles in beards and weighs the mouth more;
+    the full recipe keeps the settings that made the shipped weights."""
+    assert set(train.MAIN_STAGE) == set(train.RECIPES)
+    assert train.MAIN_STAGE["full"] == dict(focus_share=0.0, mouth_weight=4.0)
+    seen = {}
+
+    def fake(workdir, steps, seed, quiet, **kw):
+        seen.update(kw)
+        raise train.Paused("stop here")
+
+    monkeypatch.setattr(train, "train_generator", fake)
+    for recipe in ("hour", "full"):
+        assert train.main(["--tiny", "--recipe", recipe, "--stages", "generator", "--jobs", "1", "--no-export", "--quiet",
+                           "--workdir", str(tmp_path)]) == 0
+        assert {k: seen[k] for k in ("focus_share", "mouth_weight")} == train.MAIN_STAGE[recipe]
+    # and the focus reaches the batches: a share of the faces shows the POLISH values
+    def smile_in_beard(share):
+        faces = train.sample_focused(4000, np.random.default_rng(0), share)
+        return np.mean((faces.disc[:, R.ATTR_NAMES.index("mouth")] == R.ATTRIBUTES["mouth"].index("smile"))
+                       & (faces.disc[:, R.ATTR_NAMES.index("beard")] == R.ATTRIBUTES["beard"].index("yes")))
+
+    share, plain = train.MAIN_STAGE["hour"]["focus_share"], smile_in_beard(0.0)
+    assert abs(smile_in_beard(share) - (share + (1 - share) * plain)) < 0.03, (smile_in_beard(share), plain)
 
 
 def test_a_finished_chain_hands_its_threads_to_the_other(tmp_path, monkeypatch):
