@@ -91,9 +91,8 @@ QUICK_STEPS = dict(judge=500, identity=500, generator=2000, polish=700, blend=50
 #: renders): judge 1.000, CLIP top-1 0.958 / 0.968, generator confident 0.878 (target 0.90: the mouth, 0.94 agreement),
 #: every value 1.000, encoder agreement 0.900.  A first cut (synthesis 65 %, judge 80 %, CLIP 69 %, encoder 67 %)
 #: took 2895 s and reached 0.838 / 0.804 for the generator / encoder.  Since then the main synthesis stage presses on
-#: the mouth (:data:`MAIN_STAGE`; same steps, same cost a step): generator confident 0.924, encoder agreement 0.966
-#: by the shipped judge, 0.900 / 0.956 by a judge of this recipe (generator chain and judge retrained, fp32).  Without bf16 units it does not fit the hour: on 2 Zen 3
-#: cores (fp32) that generator chain alone took 4898 s (synthesis stages, mapping) + 1152 s (encoder) in one process.
+#: the mouth (:data:`MAIN_STAGE`, same steps and cost a step; the figures there).  Without bf16 units the recipe does
+#: not fit the hour: on 2 Zen 3 cores (fp32) its generator chain alone took 4898 s + 1152 s (encoder), one process.
 HOUR_STEPS = dict(judge=1500, identity=800, generator=6500, polish=2500, blend=1000, mapping=40000, encoder=1800, clip=1350, clip_pairs=400, clip_align=400, fs3=4000)
 RECIPES = {"full": FULL_STEPS, "hour": HOUR_STEPS, "quick": QUICK_STEPS}
 TINY_STEPS = dict(judge=3, identity=3, generator=3, polish=2, blend=2, mapping=3, encoder=3, clip=3, clip_pairs=2, clip_align=2, fs3=2)
@@ -555,8 +554,8 @@ POLISH = dict(focus={"beard": "yes", "mouth": "smile"}, focus_share=0.3, mouth_w
 #: agreement 0.966 (was 0.900); 2000 other samples: 0.919 through the mapping, 0.946 from the exact
 #: codes (the full recipe's generator: 0.933 / 0.962).  By a judge of the hour recipe (stricter): 0.900 / 0.956.
 #: The full recipe keeps the values that made the shipped weights.
-MAIN_STAGE = {"full": dict(focus_share=0.0, mouth_weight=4.0), "quick": dict(focus_share=0.0, mouth_weight=4.0),
-              "hour": dict(focus_share=0.15, mouth_weight=8.0)}
+MAIN_STAGE = {"full": dict(focus_share=0.0, mouth_weight=4.0), "hour": dict(focus_share=0.15, mouth_weight=8.0)}
+MAIN_STAGE["quick"] = MAIN_STAGE["full"]
 
 
 def constant_torgb_styles(g, embed, n: int = 4096, seed: int = 0) -> None:
@@ -715,7 +714,7 @@ def fine_tune_blend(generator_path, workdir, steps, seed, quiet, batch=None):
 
 
 def train_generator(workdir, steps, seed, quiet, batch=None, map_steps=20000, polish_steps=0, blend_steps=0,
-                    focus_share: float = 0.0, mouth_weight: float = 4.0):
+                    focus_share: float = MAIN_STAGE["full"]["focus_share"], mouth_weight: float = MAIN_STAGE["full"]["mouth_weight"]):
     """Two supervised steps (see the module docstring).
 
     (a) *synthesis*: a learnable linear code ``w = v·E + b`` of the face's attribute one-hots and
