@@ -76,3 +76,24 @@ def test_mapper_figures_pool_over_prompts_by_edits(monkeypatch):
     assert res["prompt"] == "all" and res["prompts"] == 2 and res["edits"] == 40 and res["train_seconds"] == 12.0
     assert res["success_rate"] == pytest.approx(0.25) and res["collateral_rate"] == pytest.approx(0.375)
     assert res["identity_drift"] == pytest.approx(0.25) and res["per_prompt"]["b"] == {"n": 30, "success": 0.0, "collateral": 0.5}
+
+
+def test_table_marks_figures_within_sampling_noise_of_their_target():
+    """Wilson intervals: exact at the ends, shrinking with n; the table's verdict says when a share is
+    met or missed by less than its own sampling error."""
+    lo, hi = E.wilson_interval(0.9, 500)
+    assert 0.86 < lo < 0.88 and 0.92 < hi < 0.935
+    assert E.wilson_interval(1.0, 500)[1] == pytest.approx(1.0) and 0.99 < E.wilson_interval(1.0, 500)[0] < 1.0
+    assert E.wilson_interval(0.0, 500)[0] == pytest.approx(0.0, abs=1e-12)
+    assert E.wilson_interval(0.9, 5000)[0] > lo
+    assert E.verdict(0.90, 0.90, 500) == "ok (noise)" and E.verdict(0.96, 0.90, 500) == "ok"
+    assert E.verdict(0.89, 0.90, 500) == "BELOW (noise)" and E.verdict(0.80, 0.90, 500) == "BELOW"
+    assert E.verdict(0.89, 0.90, None) == "BELOW" and E.verdict(0.5, None, 500) == ""
+    report = {"n": 500, "generator": {"confident_all_attributes": 0.9, "every_value_appears": True},
+              "encoder": {"judge_agreement": {"all_attributes": 0.956}},
+              "methods": {"global": {"edits": 40, "success_rate": 0.85, "collateral_rate": 0.1, "clean_success_rate": 0.8}}}
+    lines = {line[:48].strip(): line for line in E.table(report).splitlines()[1:]}
+    assert lines["generator: judge confident on every attribute"].endswith("0.871-0.923    0.90 ok (noise)")
+    assert lines["encoder: judge agrees on every attribute"].endswith(" ok")
+    assert lines["generator: every attribute value appears"].split()[-3:] == ["-", "1.00", "ok"]
+    assert "(noise)" in lines["global: success rate"]  # 40 edits: 0.85 is not known to be above 0.80
