@@ -239,8 +239,12 @@ def table(report: dict) -> str:
         acc = report["judge"]["accuracy"]
         rows.append(("judge accuracy (min over attributes)", min(v for k, v in acc.items() if k != "all_attributes"), 0.98, None))
     if "clip" in report:
-        rows.append(("CLIP text→image top-1 (mean)", report["clip"]["text_to_image_mean"], 0.90, None))
-        rows.append(("CLIP image→text top-1 (mean)", report["clip"]["image_to_text_mean"], 0.90, None))
+        for way, key in (("text→image", "text_to_image"), ("image→text", "image_to_text")):
+            rows.append((f"CLIP {way} top-1 (mean)", report["clip"][f"{key}_mean"], 0.90, None))
+            # the target read per attribute too: a mean can hide one attribute CLIP cannot see
+            per = report["clip"][f"{key}_top1"]
+            worst = min(per, key=per.get)
+            rows.append((f"CLIP {way} top-1 (worst: {worst})", per[worst], 0.90, None))
         if "edit_alignment" in report["clip"]:  # no target of its own (what global directions assume)
             rows.append(("CLIP edit alignment cos(Δtext, Δimage), min", report["clip"]["edit_alignment"]["min"], None, None))
     if "generator" in report:
