@@ -89,7 +89,7 @@ def test_table_marks_figures_within_sampling_noise_of_their_target():
     assert E.verdict(0.90, 0.90, 500) == "ok (noise)" and E.verdict(0.96, 0.90, 500) == "ok"
     assert E.verdict(0.89, 0.90, 500) == "BELOW (noise)" and E.verdict(0.80, 0.90, 500) == "BELOW"
     assert E.verdict(0.89, 0.90, None) == "BELOW" and E.verdict(0.5, None, 500) == ""
-    clip = {"text_to_image_top1": {"mouth": 1.0, "beard": 1.0}, "image_to_text_top1": {"mouth": 0.7, "beard": 1.0}}
+    clip = {"text_to_image_top1": {"mouth": 1.0, "beard": 1.0}, "image_to_text_top1": {"mouth": 0.7, "beard": 1.0, "x": float("nan")}}
     report = {"n": 500, "clip": {**clip, "text_to_image_mean": 1.0, "image_to_text_mean": 0.85},
               "generator": {"confident_all_attributes": 0.9, "every_value_appears": True},
               "encoder": {"judge_agreement": {"all_attributes": 0.956}},

@@ -218,8 +218,7 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def verdict(value: float, target: float | None, n: int | None) -> str:
     """'ok' / 'BELOW' against ``target``, marked '(noise)' when the 95 % interval of a share measured
-    on ``n`` samples holds the target: at n = 500 a share of 0.90 is known to about ±0.027, so a
-    figure that close to its target is met or missed by the draw of samples as much as by the model."""
+    on ``n`` samples holds the target: met or missed by the draw of samples as much as by the model."""
     if target is None:
         return ""
     met = value >= target
@@ -242,7 +241,7 @@ def table(report: dict) -> str:
         for way, key in (("text→image", "text_to_image"), ("image→text", "image_to_text")):
             rows.append((f"CLIP {way} top-1 (mean)", report["clip"][f"{key}_mean"], 0.90, None))
             # the target read per attribute too: a mean can hide one attribute CLIP cannot see
-            per = report["clip"][f"{key}_top1"]
+            per = {a: v for a, v in report["clip"][f"{key}_top1"].items() if v == v}  # nan: never visible
             worst = min(per, key=per.get)
             rows.append((f"CLIP {way} top-1 (worst: {worst})", per[worst], 0.90, None))
         if "edit_alignment" in report["clip"]:  # no target of its own (what global directions assume)

@@ -85,8 +85,8 @@ FULL_STEPS = dict(judge=1500, identity=1500, generator=7500, polish=2500, blend=
 QUICK_STEPS = dict(judge=500, identity=500, generator=2000, polish=700, blend=500, mapping=12000, encoder=700, clip=600, clip_pairs=250, clip_align=150, fs3=2000)
 #: ``--recipe hour`` (the CPU default): the stages that decide the evaluation's hardest target, the synthesis
 #: (87 % of the full recipe's steps, where the mouth is learnt last) and the judge (100 %), keep most of their steps;
-#: CLIP (63 %: the mean retrieval keeps a margin, the mouth does not, below), the encoder (80 %) and the identity net (53 %) give theirs up; the mapping
-#: keeps its 40000 cheap steps.  Measured with ``--jobs 2`` on 2 AMD EPYC Zen 4 cores (bf16, nothing else running,
+#: CLIP (63 %: the mean retrieval keeps a margin, the mouth does not, below), the encoder (80 %) and the identity
+#: net (53 %) give theirs up; the mapping keeps its 40000 cheap steps.  Measured with ``--jobs 2`` on 2 AMD EPYC Zen 4 cores (bf16, nothing else running,
 #: 2026-12-06): 3499 s in all (CLIP chain 2364 s, generator chain 3455 s, fs3 39 s); ``toy.evaluate`` (500
 #: renders): judge 1.000, CLIP top-1 0.958 / 0.968, generator confident 0.878 (target 0.90: the mouth, 0.94 agreement),
 #: every value 1.000, encoder agreement 0.900.  A first cut (synthesis 65 %, judge 80 %, CLIP 69 %, encoder 67 %)
