@@ -918,6 +918,26 @@ def _fingerprint(codes, mean, std) -> list[float]:
             float(sum(s.double().sum() for s in std))]
 
 
+def _unit_probe(feats: torch.Tensor) -> torch.Tensor:
+    """The unit image feature of a run's first image, kept in an fs3 resume file.
+
+    Why: the settings fingerprint ties a file to the generator and its codes, not to the image-feature
+    model; an fs3 run resumed with another CLIP (one retrained next to the same generator) would
+    otherwise silently finish rows that mix two feature spaces.  A fresh run takes it from its first
+    batch; a resumed one renders that image once more to compare."""
+    return F.normalize(torch.as_tensor(feats[:1]).detach().float(), dim=-1).cpu()
+
+
+def _check_probe(old: Optional[torch.Tensor], new: torch.Tensor, resume_path: str) -> None:
+    """A resume file's probe must match to float rounding (5e-3 on a unit feature: another device or
+    batch size); files written before probes existed pass."""
+    if old is None:
+        return
+    if old.shape != new.shape or float((old.float() - new).abs().max()) > 5e-3:
+        raise ValueError(f"resume file {resume_path!r} was written with a different image-feature model (CLIP): the "
+                         "features of the run's first image differ; delete it to start over or pass another resume_path")
+
+
 def _atomic_save(obj: dict, path: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(obj, tmp)
@@ -955,7 +975,7 @@ def compute_fs3(generator: Any, image_features_fn: Callable[[torch.Tensor], torc
     * Batching: ``batch_size`` (image, channel, ±) items per generator call, items
       from consecutive channels share a call.
     * ``resume_path``: progress file (``torch.save``; finished rows + next channel +
-      a fingerprint of the settings).  It is written every ``save_every`` channels,
+      a fingerprint of the settings and of the image-feature model).  It is written every ``save_every`` channels,
       when an exception (e.g. KeyboardInterrupt) stops the loop, and at the end; an
       existing file is continued from its next channel (a file made with other
       settings raises ValueError — delete it to start over).
@@ -998,8 +1018,22 @@ def compute_fs3(generator: Any, image_features_fn: Callable[[torch.Tensor], torc
               "to_images": getattr(to_images, "__name__", repr(to_images)), "noise_mode": noise_mode,
               "normalize": normalize}
 
+    def item_features(item: int, k: int) -> torch.Tensor:
+        """Features of the loop's items ``item .. item+k-1`` (item = (channel, ±, image) in that order)."""
+        t = torch.arange(item, item + k, device=dev)
+        ch, rem = t // per, t % per
+        sign = torch.where(rem // n_images == 0, -1.0, 1.0).to(dev)
+        batch_codes = _step_codes(codes, mean, std, layers, bounds, ch, sign, rem % n_images, float(alpha), variant)
+        images = generator.synthesis_from_styles(batch_codes, noise_mode=noise_mode)
+        feats = image_features_fn(to_images(images) if to_images is not None else images)
+        if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or feats.shape[0] != k:
+            raise ValueError(f"image_features_fn: expected a (B={k}, D) tensor, got "
+                             f"{tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__}")
+        return feats
+
     rows: list[torch.Tensor] = []
     start = 0
+    probe: Optional[torch.Tensor] = None
     resume_path = os.fspath(resume_path) if resume_path is not None else None
     if resume_path and os.path.exists(resume_path):
         st = torch.load(resume_path, map_location="cpu", weights_only=True)
@@ -1014,6 +1048,9 @@ def compute_fs3(generator: Any, image_features_fn: Callable[[torch.Tensor], torc
                 f"resume file {resume_path!r} was written with different settings (generator, codes, statistics, "
                 "variant, alpha, n_images or layers); delete it to start over or pass another resume_path"
             )
+        if st.get("probe") is not None:
+            probe = _unit_probe(item_features(0, 1))
+            _check_probe(st["probe"], probe, resume_path)
         start = int(st["next_channel"])
         if start:
             rows = [st["fs3"].float()]
@@ -1022,7 +1059,7 @@ def compute_fs3(generator: Any, image_features_fn: Callable[[torch.Tensor], torc
         if resume_path:
             fs = torch.cat(rows) if rows else torch.zeros(0, 0)
             _atomic_save({"version": 1, "config": config, "next_channel": int(next_channel), "fs3": fs,
-                          "total_channels": total}, resume_path)
+                          "total_channels": total, "probe": probe}, resume_path)
 
     bar = _progress(total=total, desc="fs3 channels", enabled=progress)
     bar.update(start)
@@ -1035,19 +1072,9 @@ def compute_fs3(generator: Any, image_features_fn: Callable[[torch.Tensor], torc
     try:
         while item < end:
             k = min(batch_size, end - item)
-            t = torch.arange(item, item + k, device=dev)
-            ch = t // per
-            rem = t % per
-            sign = torch.where(rem // n_images == 0, -1.0, 1.0).to(dev)
-            img = rem % n_images
-            batch_codes = _step_codes(codes, mean, std, layers, bounds, ch, sign, img, float(alpha), variant)
-            images = generator.synthesis_from_styles(batch_codes, noise_mode=noise_mode)
-            if to_images is not None:
-                images = to_images(images)
-            feats = image_features_fn(images)
-            if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or feats.shape[0] != k:
-                raise ValueError(f"image_features_fn: expected a (B={k}, D) tensor, got "
-                                 f"{tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__}")
+            feats = item_features(item, k)
+            if item == 0:
+                probe = _unit_probe(feats)
             pending.append(feats.detach().to("cpu", _hi_dtype("cpu")))
             n_pending += k
             item += k
@@ -1175,7 +1202,8 @@ def compute_fs3_correlation(generator: Any, image_features_fn: Callable[[torch.T
     generator's distribution are picked up, e.g. on FFHQ whatever goes with age would come along
     with "grey hair"; the toy world samples its attributes independently.
 
-    ``resume_path``: the running sums are saved after every batch and continued (same settings).
+    ``resume_path``: the running sums are saved after every batch and continued (same settings and the
+    same image-feature model: another one, e.g. a retrained CLIP, raises ValueError).
     """
     if normalize not in FS3_NORMALIZATIONS:
         raise ValueError(f"normalize: expected one of {FS3_NORMALIZATIONS}, got {normalize!r}")
@@ -1196,6 +1224,8 @@ def compute_fs3_correlation(generator: Any, image_features_fn: Callable[[torch.T
               "batch_size": int(batch_size), "noise_mode": noise_mode,
               "stats": [float(sum(float(t.double().sum()) for t in mean)), float(sum(float(t.double().sum()) for t in std))]}
     sums: Optional[_CovarianceSums] = None
+    probe: Optional[torch.Tensor] = None
+    z_dim = generator.w_dim if hasattr(generator, "w_dim") else generator.style_dim
     resume_path = os.fspath(resume_path) if resume_path is not None else None
     if resume_path and os.path.exists(resume_path):
         st = torch.load(resume_path, map_location="cpu", weights_only=True)
@@ -1205,11 +1235,15 @@ def compute_fs3_correlation(generator: Any, image_features_fn: Callable[[torch.T
         if not same:
             raise ValueError(f"resume file {resume_path!r} was written with different settings (generator statistics, "
                              "n_images, layers, seed, truncation); delete it to start over or pass another resume_path")
+        if st.get("probe") is not None:  # the stream's first draw is the run's first image
+            first = _styles_from_z(generator, next(_z_batches(1, z_dim, 1, seed, None)).to(dev), truncation, truncation_cutoff)
+            images = generator.synthesis_from_styles(first, noise_mode=noise_mode)
+            probe = _unit_probe(image_features_fn(to_images(images) if to_images is not None else images))
+            _check_probe(st["probe"], probe, resume_path)
         sums = _CovarianceSums.from_state(st["sums"])
     done = sums.n if sums is not None else 0
     bar = _progress(total=n_images, desc="fs3 samples", enabled=progress)
     bar.update(done)
-    z_dim = generator.w_dim if hasattr(generator, "w_dim") else generator.style_dim
     # the reference seed stream, batch by batch; batches already summed are drawn and skipped
     for k, zb in enumerate(_z_batches(n_images, z_dim, batch_size, seed, None)):
         if k * batch_size < done:
@@ -1225,10 +1259,12 @@ def compute_fs3_correlation(generator: Any, image_features_fn: Callable[[torch.T
                                    torch.zeros_like(styles[i])) for i in layers], 1)
         if sums is None:
             sums = _CovarianceSums(z.shape[1], feats.shape[1])
+        if k == 0:
+            probe = _unit_probe(feats)
         sums.add(z, feats)
         bar.update(zb.shape[0])
         if resume_path:
-            _atomic_save({"version": 1, "config": config, "sums": sums.state()}, resume_path)
+            _atomic_save({"version": 1, "config": config, "sums": sums.state(), "probe": probe}, resume_path)
     bar.close()
     rows = sums.covariance()
     fs3 = scale_fs3(rows) if normalize == "magnitude" else _unit_rows(rows)

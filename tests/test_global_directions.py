@@ -542,15 +542,18 @@ def test_compute_fs3_resume_equals_uninterrupted(tmp_path):
     fake = _FakeGen()
     resumed = gd.compute_fs3(fake, _float_feats, batch_size=4, resume_path=path, **kw)
     n_items = sum(c[0].shape[0] for c in fake.calls)
-    assert n_items == (15 - st["next_channel"]) * 6  # only the remaining channels were rendered
+    assert n_items == 1 + (15 - st["next_channel"]) * 6  # the first image again (the probe), then the remaining channels
     assert torch.allclose(resumed, full, atol=1e-6)
     assert torch.equal(resumed[: st["next_channel"]], st["fs3"])
     # a finished file returns immediately; other settings are refused
     again = _FakeGen()
     assert torch.equal(gd.compute_fs3(again, _float_feats, batch_size=4, resume_path=path, **kw), resumed)
-    assert again.calls == []
+    assert [c[0].shape[0] for c in again.calls] == [1]  # only the probe
     with pytest.raises(ValueError, match="different settings"):
         gd.compute_fs3(_FakeGen(), _float_feats, batch_size=4, resume_path=path, **{**kw, "variant": "corrected"})
+    # the same generator and settings with another image-feature model (a retrained CLIP) are refused too
+    with pytest.raises(ValueError, match="different image-feature model"):
+        gd.compute_fs3(_FakeGen(), lambda images: _float_feats(images).flip(1), batch_size=4, resume_path=path, **kw)
 
 
 def test_compute_fs3_resume_bit_identical_with_aligned_batches(tmp_path):
@@ -810,5 +813,7 @@ def test_compute_fs3_correlation_matches_its_samples_and_resumes(gen, tmp_path):
     assert torch.allclose(gd.compute_fs3_correlation(gen, _pooled_feats, resume_path=path, **kw), fs3, atol=1e-6)
     with pytest.raises(ValueError, match="different settings"):
         gd.compute_fs3_correlation(gen, _pooled_feats, resume_path=path, **{**kw, "n_images": 13})
+    with pytest.raises(ValueError, match="different image-feature model"):
+        gd.compute_fs3_correlation(gen, lambda images: _pooled_feats(images).flip(1), resume_path=path, **kw)
     with pytest.raises(ValueError, match="layers"):
         gd.compute_fs3_correlation(gen, _pooled_feats, layers=conv[1:], **kw)

@@ -43,6 +43,15 @@ def test_tiny_training_exports_loadable_models(tmp_path):
     fs3 = load_fs3(out / "fs3.npy", g)
     assert fs3.shape == (g.style_channels[g.conv_style_indices[0]], 64)  # --tiny: first conv layer only
     assert torch.isfinite(fs3).all()
+    # fs3 again in the same workdir, from the exported (fp16) generator: the finished progress file holds
+    # the in-memory generator's statistics, so the stage starts over instead of stopping
+    again = ["--tiny", "--quiet", "--jobs", "1", "--workdir", str(work), "--out", str(out), "--batch", "4"]
+    assert train.main([*again, "--stages", "fs3"]) == 0
+    fs3 = load_fs3(out / "fs3.npy", g)
+    # then another CLIP (retrained elsewhere), same generator: fs3 must not be resumed from the old CLIP's sums
+    assert train.main([*again, "--workdir", str(tmp_path / "other"), "--seed", "1", "--stages", "clip"]) == 0
+    assert train.main([*again, "--stages", "fs3"]) == 0
+    assert not torch.allclose(load_fs3(out / "fs3.npy", g), fs3, atol=1e-3)
 
 
 def test_generator_stage_resumes_exactly(tmp_path):
@@ -510,6 +519,28 @@ def test_each_recipe_trains_its_own_main_synthesis_stage(tmp_path, monkeypatch):
 
     share, plain = train.MAIN_STAGE["hour"]["focus_share"], smile_in_beard(0.0)
     assert abs(smile_in_beard(share) - (share + (1 - share) * plain)) < 0.03, (smile_in_beard(share), plain)
+
+
+def test_each_recipe_trains_its_own_clip_phases(tmp_path, monkeypatch):
+    """The hour's later CLIP phases both carry the edit-alignment term (what teaches its CLIP the mouth), the
+    full recipe's keep the settings that made the shipped CLIP."""
+    assert set(train.RECIPE_CLIP_PHASES) == set(train.RECIPES) and train.RECIPE_CLIP_PHASES["full"] == train.CLIP_PHASES
+    seen = {}
+
+    def fake(workdir, steps, seed, quiet, name="clip", **kw):
+        seen[name] = kw
+        return torch.nn.Linear(1, 1)
+
+    monkeypatch.setattr(train, "train_clip", fake)
+    for recipe in ("hour", "full"):
+        seen.clear()
+        assert train.main(["--tiny", "--recipe", recipe, "--stages", "clip_pairs,clip_align", "--jobs", "1", "--no-export",
+                           "--quiet", "--workdir", str(tmp_path)]) == 0
+        for phase in ("clip_pairs", "clip_align"):
+            assert {k: v for k, v in seen[phase].items() if k in ("pairs", "align")} == train.RECIPE_CLIP_PHASES[recipe][phase]
+    assert "align" not in train.CLIP_PHASES["clip_pairs"] and train.HOUR_CLIP_PHASES["clip_pairs"]["align"] > 0
+    assert train.HOUR_CLIP_PHASES["clip_align"]["pairs"]["mouth"] > train.ALIGN_PAIR_WEIGHT["mouth"]
+    assert set(train.HOUR_CLIP_PHASES["clip_align"]["pairs"]) == set(R.ATTRIBUTES)  # every attribute keeps aligning
 
 
 def test_a_finished_chain_hands_its_threads_to_the_other(tmp_path, monkeypatch):

@@ -47,6 +47,8 @@ def test_clip_retrieves_single_attributes(world):
     assert res["image_to_text_mean"] >= 0.9 and res["text_to_image_mean"] >= 0.9, res  # measured 0.99 / 1.0
     # every attribute, the few-pixel ones (eye colour, mouth: 0.94) included
     assert min(res["image_to_text_top1"].values()) >= 0.8, res
+    # each attribute is scored on the renders that show it: all 96 show the mouth, fewer the hair colour (bald)
+    assert res["image_to_text_n"]["mouth"] == 96 and 0 < res["image_to_text_n"]["hair_color"] < 96, res["image_to_text_n"]
     # text changes point where image changes do (what global directions assume), every prompt
     align = res["edit_alignment"]
     assert len(align["per_prompt"]) == 25 and align["mean"] >= 0.7 and align["min"] >= 0.3, align

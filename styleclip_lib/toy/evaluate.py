@@ -80,7 +80,7 @@ def evaluate_clip(clip_model, n: int, seed: int) -> dict:
     feats = torch.cat([clip_model.encode_image(clip_normalize((images[a:b] + 1) / 2)) for a, b in _batches(n, 256)])
     feats = torch.nn.functional.normalize(feats.float(), dim=-1)
     visible = R.observable_mask(faces)
-    t2i, i2t = {}, {}
+    t2i, i2t, seen = {}, {}, {}
     for j, attr in enumerate(R.ATTR_NAMES):
         values = R.ATTRIBUTES[attr]
         prompts = [C.prompt_for(attr, v) for v in values]
@@ -89,13 +89,14 @@ def evaluate_clip(clip_model, n: int, seed: int) -> dict:
         truth = faces.attr(attr)
         m = visible[:, j]
         i2t[attr] = float((sim.argmax(1).numpy()[m] == truth[m]).mean())
+        seen[attr] = int(m.sum())
         hits = []
         for k in range(len(values)):
             scores = sim[:, k].clone()
             scores[torch.from_numpy(~m)] = -2  # an image whose attribute is hidden is never a right answer
             hits.append(truth[int(scores.argmax())] == k)
         t2i[attr] = float(np.mean(hits))
-    return {"text_to_image_top1": t2i, "image_to_text_top1": i2t,
+    return {"text_to_image_top1": t2i, "image_to_text_top1": i2t, "image_to_text_n": seen,
             "text_to_image_mean": float(np.mean(list(t2i.values()))), "image_to_text_mean": float(np.mean(list(i2t.values()))),
             "edit_alignment": edit_alignment(clip_model, R.FaceBatch(faces.disc[:48], faces.cont[:48]))}
 
@@ -231,7 +232,7 @@ def verdict(value: float, target: float | None, n: int | None) -> str:
 
 def table(report: dict) -> str:
     """The report's headline figures against the issue's targets, with 95 % intervals where a figure
-    is a share of a known number of samples (generator, encoder, edits)."""
+    is a share of a known number of samples (CLIP's worst image→text attribute, generator, encoder, edits)."""
     rows = []
     n = report.get("n")
     if "judge" in report:
@@ -243,7 +244,9 @@ def table(report: dict) -> str:
             # the target read per attribute too: a mean can hide one attribute CLIP cannot see
             per = {a: v for a, v in report["clip"][f"{key}_top1"].items() if v == v}  # nan: never visible
             worst = min(per, key=per.get)
-            rows.append((f"CLIP {way} top-1 (worst: {worst})", per[worst], 0.90, None))
+            # image→text is a share of the renders showing the attribute; text→image, of its few values
+            count = report["clip"].get("image_to_text_n", {}).get(worst) if key == "image_to_text" else None
+            rows.append((f"CLIP {way} top-1 (worst: {worst})", per[worst], 0.90, count))
         if "edit_alignment" in report["clip"]:  # no target of its own (what global directions assume)
             rows.append(("CLIP edit alignment cos(Δtext, Δimage), min", report["clip"]["edit_alignment"]["min"], None, None))
     if "generator" in report:

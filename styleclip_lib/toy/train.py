@@ -24,7 +24,8 @@ Stages (each seeded, resumable from ``--workdir``, with a progress bar):
 5. ``clip``      the same ``CLIP`` class (ViT, real BPE tokenizer, context 77), contrastive on renders
                  and template captions (every true pair a positive, one hard-negative caption per image);
    ``clip_pairs`` continues it on minimal image pairs (a face and a twin differing in one attribute);
-   ``clip_align`` continues on pairs with :func:`edit_alignment_loss` (text and image *changes* agree).
+   ``clip_align`` continues on pairs with :func:`edit_alignment_loss` (text and image *changes* agree);
+   the hour recipe aligns edits in both phases (:data:`HOUR_CLIP_PHASES`).
 6. ``fs3``       global-directions preprocessing of the toy generator with the toy CLIP
                  (StyleSpace statistics + channel relevance by the correlational method,
                  ``compute_fs3_correlation``), shipped as ``fs3.npy``.
@@ -91,10 +92,12 @@ QUICK_STEPS = dict(judge=500, identity=500, generator=2000, polish=700, blend=50
 #: renders): judge 1.000, CLIP top-1 0.958 / 0.968, generator confident 0.878 (target 0.90: the mouth, 0.94 agreement),
 #: every value 1.000, encoder agreement 0.900.  A first cut (synthesis 65 %, judge 80 %, CLIP 69 %, encoder 67 %)
 #: took 2895 s and reached 0.838 / 0.804 for the generator / encoder.  Since then the main synthesis stage presses on
-#: the mouth (:data:`MAIN_STAGE`, same steps and cost a step).  Every stage of it retrained so, stage by stage with the
-#: run's seeds on 2 Zen 3 cores (fp32): judge 1.000, CLIP 1.000 / 0.956, generator 0.900, encoder 0.956, every value;
-#: but CLIP's image→text top-1 on the mouth is 0.70 (half the smiles read as serious; the full recipe's 1.00, and
-#: 700 ``clip_pairs`` steps instead of 400 gave 0.73): CLIP's cut is where the hour recipe loses most.
+#: the mouth (:data:`MAIN_STAGE`, same steps and cost a step) and the later CLIP phases align edits
+#: (:data:`HOUR_CLIP_PHASES`: with the full recipe's phases the hour CLIP read half the smiles as serious).  Every
+#: stage retrained so, stage by stage with the run's seeds on 2 Zen 3 cores (fp32), 500 / 2000 samples: judge 1.000,
+#: CLIP 1.000 / 0.988 (worst, the mouth's image→text, 0.912 / 0.905), generator 0.900 / 0.889, encoder 0.956 / 0.962,
+#: every value; global directions 0.746 / 0.146, where the full recipe's CLIP on the same generator gives 0.852 /
+#: 0.144: CLIP's cut is where the hour recipe loses most.
 #: Without bf16 units the recipe does not fit the hour: there the generator chain took 4898 s + 1152 s (encoder) and
 #: the identity net, CLIP phases and fs3 2456 s (the judge 519 s more), each in one process on both cores.
 HOUR_STEPS = dict(judge=1500, identity=800, generator=6500, polish=2500, blend=1000, mapping=40000, encoder=1800, clip=1350, clip_pairs=400, clip_align=400, fs3=4000)
@@ -989,8 +992,31 @@ ALIGN_PAIR_WEIGHT = {a: 2.0 if a == "mouth" else 1.0 for a in R.ATTRIBUTES}
 #: edit prompts mean 0.82 -> 0.98, min ("a smiling face") 0.38 -> 0.96; retrieval unchanged or
 #: better (image→text 0.994 -> 1.000)
 ALIGN_WEIGHT = 1.0
-#: the CLIP phases after ``clip``: ``train_clip`` keywords of each
+#: the CLIP phases after ``clip``: ``train_clip`` keywords of each (the full recipe's; :func:`clip_phase`)
 CLIP_PHASES = {"clip_pairs": dict(pairs=PAIR_WEIGHT), "clip_align": dict(pairs=ALIGN_PAIR_WEIGHT, align=ALIGN_WEIGHT)}
+#: ``--recipe hour``: both later phases carry the edit-alignment term, and the second shows the mouth
+#: twice as often as ``clip_align``'s pairs.  Measured from the hour's phase-1 CLIP (2 Zen 3 cores, fp32, hour
+#: generator, ``toy.evaluate``, mouth image→text on 500 / 2000 renders, global directions' success / collateral):
+#:
+#: * the full recipe's phases at the hour's 400 + 400 steps: mouth 0.70 (after ``clip_pairs`` 0.33, chance;
+#:   also after 700 of them), global 0.758 / 0.190;
+#: * ``clip_pairs`` with the alignment term: 0.785 after 200 of its steps, 0.88 after 400, then ``clip_align``
+#:   0.908 / 0.877, global 0.760 / 0.146;
+#: * as above, ``clip_align``'s pairs with the mouth 4 to 1 (these): 0.912 / 0.905, global 0.746 / 0.146;
+#: * ``clip_align`` on :data:`PAIR_WEIGHT`'s pairs: 0.954 / 0.949, but global 0.688 / 0.138 (no skin or
+#:   background pairs: their text and image changes drift apart, cos 0.88-0.92 instead of 0.95).
+#:
+#: Why the term teaches the mouth: ``1 - cos(ΔI, ΔT)`` normalises the image change between a face and its
+#: twin, so a change the image tower barely sees still gets a full-size gradient, where the contrastive
+#: loss's is as small as the change.  The full recipe keeps the phases that made the shipped CLIP.
+HOUR_CLIP_PHASES = {"clip_pairs": dict(pairs=PAIR_WEIGHT, align=ALIGN_WEIGHT),
+                    "clip_align": dict(pairs={a: 4.0 if a == "mouth" else 1.0 for a in R.ATTRIBUTES}, align=ALIGN_WEIGHT)}
+RECIPE_CLIP_PHASES = {"full": CLIP_PHASES, "hour": HOUR_CLIP_PHASES, "quick": CLIP_PHASES}
+
+
+def clip_phase(phase: str, recipe: str) -> dict:
+    """``train_clip`` keywords of a later CLIP phase in ``recipe`` (:data:`RECIPE_CLIP_PHASES`)."""
+    return dict(RECIPE_CLIP_PHASES[recipe][phase])
 
 
 def _other_value(p, attr: str, rng) -> str:
@@ -1078,11 +1104,22 @@ def compute_toy_fs3(g, clip_model, workdir: Path, n_images: int, quiet: bool, st
     common = dict(n_images=n_images, style_mean=mean, style_std=std, progress=not quiet, layers=layers,
                   normalize=FS3_NORMALIZATION["toy"])
     if FS3_METHOD["toy"] == "correlation":
-        fs3 = GD.compute_fs3_correlation(g, GD.clip_image_features(clip_model), truncation=DEFAULT_TRUNCATION["toy"],
-                                         batch_size=250, resume_path=workdir / "fs3_correlation.resume.pt", **common)
+        resume = workdir / "fs3_correlation.resume.pt"
+        run = lambda: GD.compute_fs3_correlation(g, GD.clip_image_features(clip_model), truncation=DEFAULT_TRUNCATION["toy"],  # noqa: E731
+                                                 batch_size=250, resume_path=resume, **common)
     else:
-        fs3 = GD.compute_fs3(g, GD.clip_image_features(clip_model), batch_size=64,
-                             resume_path=workdir / "fs3.resume.pt", **common)
+        resume = workdir / "fs3.resume.pt"
+        run = lambda: GD.compute_fs3(g, GD.clip_image_features(clip_model), batch_size=64, resume_path=resume, **common)  # noqa: E731
+    try:
+        fs3 = run()
+    except ValueError as e:
+        if "resume file" not in str(e):
+            raise
+        # the workdir's fs3 progress belongs to an earlier generator, CLIP or setting (a stage retrained
+        # since): it is this stage's own cache, so start over rather than stop the run
+        print(f"[fs3] {resume.name} was made with other models or settings; starting over", flush=True)
+        resume.unlink()
+        fs3 = run()
     return {"fs3": fs3, "style_mean": mean, "style_std": std}
 
 
@@ -1354,7 +1391,8 @@ def _run_stages(stages, steps, batch, workdir, a, models, indices):
             from ..models.clip import load_clip
 
             init = models.get("clip") or load_clip(Path(a.out) / "clip.pt", device=DEVICE)
-            models["clip"] = train_clip(workdir, steps[s], seed, a.quiet, batch=batch, init=init, name=s, lr=3e-4, **CLIP_PHASES[s])
+            models["clip"] = train_clip(workdir, steps[s], seed, a.quiet, batch=batch, init=init, name=s, lr=3e-4,
+                                         **clip_phase(s, a.recipe))
         elif s == "fs3":
             from ..models.clip import load_clip
             from ..models.stylegan2 import load_generator
