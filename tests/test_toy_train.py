@@ -537,7 +537,9 @@ def test_each_recipe_trains_its_own_clip_phases(tmp_path, monkeypatch):
         assert train.main(["--tiny", "--recipe", recipe, "--stages", "clip_pairs,clip_align", "--jobs", "1", "--no-export",
                            "--quiet", "--workdir", str(tmp_path)]) == 0
         for phase in ("clip_pairs", "clip_align"):
-            assert {k: v for k, v in seen[phase].items() if k in ("pairs", "align")} == train.RECIPE_CLIP_PHASES[recipe][phase]
+            expected = {"lr": train.LATER_CLIP_LR, **train.RECIPE_CLIP_PHASES[recipe][phase]}
+            assert {k: v for k, v in seen[phase].items() if k in ("pairs", "align", "lr")} == expected, (recipe, phase)
+            assert seen[phase]["lr"] == (6e-4 if recipe == "hour" else 3e-4)
     assert "align" not in train.CLIP_PHASES["clip_pairs"] and train.HOUR_CLIP_PHASES["clip_pairs"]["align"] > 0
     assert train.HOUR_CLIP_PHASES["clip_align"]["pairs"]["mouth"] > train.ALIGN_PAIR_WEIGHT["mouth"]
     assert set(train.HOUR_CLIP_PHASES["clip_align"]["pairs"]) == set(R.ATTRIBUTES)  # every attribute keeps aligning
