@@ -996,8 +996,8 @@ ALIGN_WEIGHT = 1.0
 CLIP_PHASES = {"clip_pairs": dict(pairs=PAIR_WEIGHT), "clip_align": dict(pairs=ALIGN_PAIR_WEIGHT, align=ALIGN_WEIGHT)}
 #: learning rate of the later CLIP phases (the full recipe's; the hour's is in :data:`HOUR_CLIP_PHASES`)
 LATER_CLIP_LR = 3e-4
-#: ``--recipe hour``: both later phases carry the edit-alignment term, the second shows the mouth twice as
-#: often as ``clip_align``'s pairs, and both run at twice the learning rate.  Measured from the hour's phase-1 CLIP
+#: ``--recipe hour``: both later phases carry the edit-alignment term, the second weights the mouth's pairs 4 to 1
+#: (``clip_align``'s: 2 to 1), and both run at twice the learning rate.  Measured from the hour's phase-1 CLIP
 #: (2 Zen 3 cores, fp32, hour generator; ``toy.evaluate``: the mouth's image→text top-1 on 500 / 2000 renders,
 #: global directions' success / collateral with fs3 recomputed):
 #:
@@ -1103,6 +1103,8 @@ def compute_toy_fs3(g, clip_model, workdir: Path, n_images: int, quiet: bool, st
     fs3 by the method of ``worlds.FS3_METHOD['toy']`` (every conv channel, magnitude rows:
     ``worlds.FS3_NORMALIZATION``).  ``n_images`` ("steps" of this stage): the samples of the
     correlational fs3, or the images per channel of the single-channel loop (reference: 100)."""
+    from functools import partial
+
     from .. import global_directions as GD
     from ..worlds import DEFAULT_TRUNCATION, FS3_METHOD, FS3_NORMALIZATION
 
@@ -1111,11 +1113,11 @@ def compute_toy_fs3(g, clip_model, workdir: Path, n_images: int, quiet: bool, st
                   normalize=FS3_NORMALIZATION["toy"])
     if FS3_METHOD["toy"] == "correlation":
         resume = workdir / "fs3_correlation.resume.pt"
-        run = lambda: GD.compute_fs3_correlation(g, GD.clip_image_features(clip_model), truncation=DEFAULT_TRUNCATION["toy"],  # noqa: E731
-                                                 batch_size=250, resume_path=resume, **common)
+        run = partial(GD.compute_fs3_correlation, g, GD.clip_image_features(clip_model), truncation=DEFAULT_TRUNCATION["toy"],
+                      batch_size=250, resume_path=resume, **common)
     else:
         resume = workdir / "fs3.resume.pt"
-        run = lambda: GD.compute_fs3(g, GD.clip_image_features(clip_model), batch_size=64, resume_path=resume, **common)  # noqa: E731
+        run = partial(GD.compute_fs3, g, GD.clip_image_features(clip_model), batch_size=64, resume_path=resume, **common)
     try:
         fs3 = run()
     except ValueError as e:
