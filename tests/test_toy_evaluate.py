@@ -91,12 +91,14 @@ def test_table_marks_figures_within_sampling_noise_of_their_target():
     assert E.verdict(0.89, 0.90, None) == "BELOW" and E.verdict(0.5, None, 500) == ""
     clip = {"text_to_image_top1": {"mouth": 1.0, "beard": 1.0}, "image_to_text_top1": {"mouth": 0.7, "beard": 1.0, "x": float("nan")}}
     report = {"n": 500, "clip": {**clip, "text_to_image_mean": 1.0, "image_to_text_mean": 0.85, "image_to_text_n": {"mouth": 500}},
-              "generator": {"confident_all_attributes": 0.9, "every_value_appears": True},
+              "generator": {"confident_all_attributes": 0.9, "confident_exact_codes": 0.95, "every_value_appears": True},
               "encoder": {"judge_agreement": {"all_attributes": 0.956}},
               "methods": {"global": {"edits": 40, "success_rate": 0.85, "collateral_rate": 0.1, "clean_success_rate": 0.8}}}
     lines = {line[:48].strip(): line for line in E.table(report).splitlines()[1:]}
     assert lines["generator: judge confident on every attribute"].endswith("0.871-0.923    0.90 ok (noise)")
     assert lines["encoder: judge agrees on every attribute"].endswith(" ok")
+    # the synthesis network alone: an interval (a share of the same samples), no target of its own
+    assert lines["generator from exact codes (synthesis alone)"].split()[-2:] == ["0.927-0.966", "-"]
     assert lines["generator: every attribute value appears"].split()[-3:] == ["-", "1.00", "ok"]
     assert lines["CLIP image→text top-1 (worst: mouth)"].endswith("0.658-0.739    0.90 BELOW")  # the target read per attribute
     assert lines["CLIP text→image top-1 (worst: mouth)"].split()[-3:] == ["-", "0.90", "ok"]  # a share of 3 prompts: no interval

@@ -511,6 +511,11 @@ def test_each_recipe_trains_its_own_main_synthesis_stage(tmp_path, monkeypatch):
         assert train.main(["--tiny", "--recipe", recipe, "--stages", "generator", "--jobs", "1", "--no-export", "--quiet",
                            "--workdir", str(tmp_path)]) == 0
         assert {k: seen[k] for k in ("focus_share", "mouth_weight")} == train.MAIN_STAGE[recipe]
+        assert seen["batch"] == 8  # --tiny's batch overrides the recipe's
+        assert train.main(["--recipe", recipe, "--stages", "generator", "--jobs", "1", "--no-export", "--quiet",
+                           "--workdir", str(tmp_path)]) == 0
+        assert seen["batch"] == train.SYNTHESIS_BATCH[recipe]
+    assert train.SYNTHESIS_BATCH["hour"] == 16 and train.SYNTHESIS_BATCH["full"] == train.BATCH["generator"] == 32
     # and the focus reaches the batches: a share of the faces shows the POLISH values
     def smile_in_beard(share):
         faces = train.sample_focused(4000, np.random.default_rng(0), share)
@@ -595,6 +600,17 @@ def test_auto_recipe_and_jobs_fit_the_machine(monkeypatch):
     assert train.resolve_jobs("2", ["generator"], args()) == 2
     monkeypatch.setattr(train, "DEVICE", torch.device("mps"))
     assert train.resolve_jobs("auto", every, args()) == 1
+
+
+def test_a_run_says_when_the_hour_recipe_will_not_fit_the_hour(monkeypatch):
+    """Without bf16 units a CPU trains in fp32, half as long again as the hour: the first line says so."""
+    monkeypatch.setattr(train, "DEVICE", torch.device("cpu"))
+    monkeypatch.setattr(train, "PRECISION", "fp32")
+    line = train.run_plan("hour", 2)
+    assert line.startswith("[train] recipe hour on cpu, fp32, 2 processes") and "about 1.6 h" in line
+    assert "about 1.6 h" not in train.run_plan("full", 1)  # the full recipe makes no claim of an hour
+    monkeypatch.setattr(train, "PRECISION", "bf16")
+    assert train.run_plan("hour", 2) == "[train] recipe hour on cpu, bf16 autocast, 2 processes"
 
 
 @pytest.mark.parametrize("bad", ["generator", "genrator=5", "clip=-3", "clip=many"])

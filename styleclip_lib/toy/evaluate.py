@@ -5,7 +5,8 @@ Prints JSON and a short table:
 * ``judge``: accuracy per attribute on fresh renders (hair colour only where observable), identity MAE;
 * ``clip``: single-attribute retrieval on held-out renders, text→image and image→text top-1;
 * ``generator``: share of samples the judge classifies with confidence ≥ 0.9 on every attribute,
-  coverage of attribute values, agreement with the intended (renderer) attributes;
+  coverage of attribute values, agreement with the intended (renderer) attributes, the share each
+  attribute leaves unsure, and the same faces drawn from their exact codes (the synthesis network alone);
 * ``encoder``: reconstruction MSE on renders and judge agreement on the reconstructions.
 
 Every figure is computed here from fresh samples (seeded); nothing is stored or assumed.  The table gives
@@ -27,7 +28,7 @@ from ..device import module_device
 from . import captions as C
 from . import render as R
 from .nets import load_net
-from .train import WEIGHTS_DIR, render_tensor
+from .train import WEIGHTS_DIR, load_toy_embed, render_tensor
 
 CONFIDENT = 0.9
 
@@ -129,27 +130,46 @@ def edit_alignment(clip_model, faces: R.FaceBatch) -> dict:
     return {"per_prompt": cos, "mean": float(np.mean(list(cos.values()))), "min": float(np.min(list(cos.values())))}
 
 
-@torch.no_grad()
-def evaluate_generator(g, judge, n: int, seed: int, truncation: float = 1.0) -> dict:
-    z = torch.randn(n, g.w_dim, generator=torch.Generator().manual_seed(seed))
-    imgs = torch.cat([g.synthesis(g.mapping(z[a:b], truncation=truncation)) for a, b in _batches(n, 128)])
-    pred = judge_predictions(judge, imgs)
-    intended = R.faces_from_z(z)
+def _confident_all(pred: dict) -> np.ndarray:
+    """Per sample: the judge is sure (>= ``CONFIDENT``) of every attribute it can see."""
     # hair colour counts only where the judge sees hair (bald without beard hides it)
     bald = pred["hair_style"] == R.ATTRIBUTES["hair_style"].index("bald")
     beard = pred["beard"] == R.ATTRIBUTES["beard"].index("yes")
-    confident = np.ones(n, bool)
+    confident = np.ones(len(pred["hair_style"]), bool)
     for a in R.ATTR_NAMES:
         ok = pred[a + ".conf"] >= CONFIDENT
         if a == "hair_color":
             ok |= bald & ~beard
         confident &= ok
+    return confident
+
+
+@torch.no_grad()
+def evaluate_generator(g, judge, n: int, seed: int, truncation: float = 1.0, embed=None) -> dict:
+    """Judge confidence and value coverage of ``n`` samples ``synthesis(mapping(z))``.
+
+    With ``embed`` (the toy generator's exact face-description code, :func:`toy.train.load_toy_embed`)
+    the same faces are also drawn from their exact codes ``embed(v(z))``, the W the synthesis network
+    was trained on: ``confident_exact_codes`` is the synthesis network alone, and the gap to
+    ``confident_all_attributes`` is what the mapping network costs (its steps between attribute values
+    are not perfectly sharp, so latents next to a bin edge draw faces between two values)."""
+    z = torch.randn(n, g.w_dim, generator=torch.Generator().manual_seed(seed))
+    imgs = torch.cat([g.synthesis(g.mapping(z[a:b], truncation=truncation)) for a, b in _batches(n, 128)])
+    pred = judge_predictions(judge, imgs)
+    intended = R.faces_from_z(z)
+    confident = _confident_all(pred)
     coverage = {a: sorted(set(R.ATTRIBUTES[a][i] for i in np.unique(pred[a]))) for a in R.ATTR_NAMES}
     missing = {a: [v for v in R.ATTRIBUTES[a] if v not in coverage[a]] for a in R.ATTR_NAMES}
-    return {"confident_all_attributes": float(confident.mean()),
-            "every_value_appears": not any(missing.values()),
-            "missing_values": {a: v for a, v in missing.items() if v},
-            "agreement_with_intended": _agreement(pred, intended), "truncation": truncation}
+    report = {"confident_all_attributes": float(confident.mean()),
+              "unsure_share": {a: float((pred[a + ".conf"] < CONFIDENT).mean()) for a in R.ATTR_NAMES},
+              "every_value_appears": not any(missing.values()),
+              "missing_values": {a: v for a, v in missing.items() if v},
+              "agreement_with_intended": _agreement(pred, intended), "truncation": truncation}
+    if embed is not None and truncation == 1.0:
+        codes = embed(torch.from_numpy(intended.to_vectors()).to(embed.weight.dtype))
+        exact = _confident_all(judge_predictions(judge, torch.cat([g.synthesis(codes[a:b]) for a, b in _batches(n, 128)])))
+        report["confident_exact_codes"] = float(exact.mean())
+    return report
 
 
 @torch.no_grad()
@@ -173,6 +193,10 @@ def load_world(weights: Path = WEIGHTS_DIR, parts=("judge", "clip", "generator",
             continue
         if p == "generator":
             models[p] = load_generator(path, device="cpu")
+            try:  # the toy generator's exact codes, for the synthesis-alone figure
+                models["embed"] = load_toy_embed(path)
+            except KeyError:
+                pass
         elif p == "clip":
             models[p] = load_clip(path, device="cpu")
         else:
@@ -194,7 +218,7 @@ def evaluate(weights: Path = WEIGHTS_DIR, n: int = 500, seed: int = 12345) -> di
         timings["clip"] = time.time() - t
     if "generator" in m and "judge" in m:
         t = time.time()
-        report["generator"] = evaluate_generator(m["generator"], m["judge"], n, seed + 2)
+        report["generator"] = evaluate_generator(m["generator"], m["judge"], n, seed + 2, embed=m.get("embed"))
         timings["generator"] = time.time() - t
     if {"generator", "encoder", "judge"} <= set(m):
         t = time.time()
@@ -251,6 +275,8 @@ def table(report: dict) -> str:
             rows.append(("CLIP edit alignment cos(Δtext, Δimage), min", report["clip"]["edit_alignment"]["min"], None, None))
     if "generator" in report:
         rows.append(("generator: judge confident on every attribute", report["generator"]["confident_all_attributes"], 0.90, n))
+        if "confident_exact_codes" in report["generator"]:  # no target of its own: the synthesis network alone
+            rows.append(("generator from exact codes (synthesis alone)", report["generator"]["confident_exact_codes"], None, n))
         rows.append(("generator: every attribute value appears", float(report["generator"]["every_value_appears"]), 1.0, None))
     if "encoder" in report:
         rows.append(("encoder: judge agrees on every attribute", report["encoder"]["judge_agreement"]["all_attributes"], 0.90, n))

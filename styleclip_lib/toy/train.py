@@ -97,9 +97,11 @@ QUICK_STEPS = dict(judge=500, identity=500, generator=2000, polish=700, blend=50
 #: stage retrained so, stage by stage with the run's seeds on 2 Zen 3 cores (fp32), 500 / 2000 samples: judge 1.000,
 #: CLIP 1.000 / 1.000 (worst, the mouth's image→text, 0.998 / 0.998), generator 0.900 / 0.889, encoder 0.956 / 0.962,
 #: every value; global directions 0.726 / 0.108, where the full recipe's CLIP on the same generator gives 0.852 /
-#: 0.144: CLIP's cut is where the hour recipe loses most.
+#: 0.144: CLIP's cut is where the hour recipe loses most.  The synthesis stages now draw 16 faces a step
+#: (:data:`SYNTHESIS_BATCH`, half the cost): generator 0.904 / 0.899 (exact codes 0.914 / 0.918), encoder 0.942 / 0.945.
 #: Without bf16 units the recipe does not fit the hour: there the generator chain took 4898 s + 1152 s (encoder) and
-#: the identity net, CLIP phases and fs3 2456 s (the judge 519 s more), each in one process on both cores.
+#: the identity net, CLIP phases and fs3 2456 s (the judge 519 s more), each in one process on both cores; with 16
+#: faces a synthesis step the synthesis stages and the mapping take 2807 s, about 1.6 h in all as two processes.
 HOUR_STEPS = dict(judge=1500, identity=800, generator=6500, polish=2500, blend=1000, mapping=40000, encoder=1800, clip=1350, clip_pairs=400, clip_align=400, fs3=4000)
 RECIPES = {"full": FULL_STEPS, "hour": HOUR_STEPS, "quick": QUICK_STEPS}
 TINY_STEPS = dict(judge=3, identity=3, generator=3, polish=2, blend=2, mapping=3, encoder=3, clip=3, clip_pairs=2, clip_align=2, fs3=2)
@@ -568,6 +570,15 @@ POLISH = dict(focus={"beard": "yes", "mouth": "smile"}, focus_share=0.3, mouth_w
 #: by the shipped one).
 MAIN_STAGE = {"full": dict(focus_share=0.0, mouth_weight=4.0), "hour": dict(focus_share=0.15, mouth_weight=8.0)}
 MAIN_STAGE["quick"] = MAIN_STAGE["full"]
+#: faces per step of the synthesis stages (main, polish, blend) per recipe; ``--batch`` overrides.  Why 16 in
+#: the hour recipe: a step costs about half as much (2 Zen 3 cores, fp32: 0.24 s against 0.51 s) and the
+#: regression is limited by its steps, not by its gradient noise.  Measured with the hour's steps (the judge of
+#: the hour recipe, 2000 latents): 16 faces a step took 2807 s (synthesis stages and mapping, one process) against
+#: 4898 s for 32, and drew the faces as surely (``toy.evaluate``, 500 / 2000 samples): 0.904 / 0.899 through the
+#: mapping against 0.900 / 0.889 (eight mapping trainings on the 32-face synthesis spread over 0.859-0.902), 0.914 /
+#: 0.918 from the exact codes against 0.916 / 0.915; the encoder trained on it agrees 0.942 / 0.945 (0.956 / 0.962).
+#: Smiles on brown skin were unsure half as often (mouth 53 against 122 unsure), the irises more often (54 against 6).
+SYNTHESIS_BATCH = {"full": 32, "hour": 16, "quick": 32}
 
 
 def constant_torgb_styles(g, embed, n: int = 4096, seed: int = 0) -> None:
@@ -1199,7 +1210,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recipe", choices=("auto", *sorted(RECIPES)), default="auto",
                     help="steps per stage: 'full' (the shipped weights; 86 min on 2 Zen 4 cores in bf16, <= 27 min on an H200), "
-                         "'hour' (the hour on 2 CPU cores with bf16 units, --jobs 2; about 2 h in fp32), 'quick' (below the quality targets, see README); "
+                         "'hour' (the hour on 2 CPU cores with bf16 units, --jobs 2; about 1.6 h in fp32), 'quick' (below the quality targets, see README); "
                          "'auto': full on a CUDA GPU, hour elsewhere")
     ap.add_argument("--tiny", action="store_true", help="a few steps per stage (smoke test)")
     ap.add_argument("--steps", default="", help="override, e.g. generator=8000,clip=4000")
@@ -1250,6 +1261,8 @@ def main(argv=None) -> int:
         ap.error("--jobs 2 with --no-export: the encoder and fs3 read the generator and CLIP the chains export")
     if a.stage_indices and hasattr(signal, "SIGUSR1"):  # a chain of --jobs 2
         signal.signal(signal.SIGUSR1, _take_all_threads)
+    if not a.stage_indices and not a.tiny:
+        print(run_plan(a.recipe, a.jobs), flush=True)
     workdir = Path(a.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     random.seed(a.seed)
@@ -1266,6 +1279,18 @@ def main(argv=None) -> int:
         return PAUSED_EXIT if a.stage_indices else 0
     print(f"done in {time.time() - t0:.0f}s", flush=True)
     return 0
+
+
+def run_plan(recipe: str, jobs: int) -> str:
+    """The line a run starts with: recipe, device, precision, processes, and what to expect of the time
+    where it is known not to fit the hour (a CPU without bf16 units trains in fp32)."""
+    precision = "bf16 autocast" if use_bf16() else "fp32"
+    line = f"[train] recipe {recipe} on {DEVICE}, {precision}, {jobs} process{'es' if jobs > 1 else ''}"
+    if recipe == "hour" and DEVICE.type == "cpu" and not use_bf16():
+        line += ("; this CPU has no bf16 units (AMX or AVX-512 BF16), so expect about 1.6 h on 2 cores rather than the "
+                 "hour (estimated from stage times on 2 AMD Zen 3 cores; README 'The hour budget'); Ctrl-C or --stop-after N pauses, "
+                 "the same command resumes")
+    return line
 
 
 def resolve_recipe(name: str, device: torch.device) -> str:
@@ -1381,12 +1406,13 @@ def _run_stages(stages, steps, batch, workdir, a, models, indices):
         if s in ("judge", "identity"):
             models[s] = train_judge(workdir, steps[s], seed, a.quiet, kind=s, batch=batch)
         elif s == "generator":
-            models[s], models["embed"] = train_generator(workdir, steps[s], seed, a.quiet, batch=batch, map_steps=steps["mapping"],
+            models[s], models["embed"] = train_generator(workdir, steps[s], seed, a.quiet, batch=batch or SYNTHESIS_BATCH[a.recipe],
+                                                         map_steps=steps["mapping"],
                                                          polish_steps=steps["polish"], blend_steps=steps["blend"],
                                                          **MAIN_STAGE[a.recipe])
         elif s == "blend":
             models["generator"], models["embed"] = fine_tune_blend(Path(a.out) / "generator.pt", workdir, steps[s], seed,
-                                                                   a.quiet, batch=batch)
+                                                                   a.quiet, batch=batch or SYNTHESIS_BATCH[a.recipe])
         elif s == "encoder":
             from ..models.stylegan2 import load_generator
 
