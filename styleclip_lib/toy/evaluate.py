@@ -152,7 +152,8 @@ def evaluate_generator(g, judge, n: int, seed: int, truncation: float = 1.0, emb
     the same faces are also drawn from their exact codes ``embed(v(z))``, the W the synthesis network
     was trained on: ``confident_exact_codes`` is the synthesis network alone, and the gap to
     ``confident_all_attributes`` is what the mapping network costs (its steps between attribute values
-    are not perfectly sharp, so latents next to a bin edge draw faces between two values)."""
+    are not perfectly sharp, so latents next to a bin edge draw faces between two values).  Truncated
+    samples have no exact code of their own, so ``truncation < 1`` leaves that figure out."""
     z = torch.randn(n, g.w_dim, generator=torch.Generator().manual_seed(seed))
     imgs = torch.cat([g.synthesis(g.mapping(z[a:b], truncation=truncation)) for a, b in _batches(n, 128)])
     pred = judge_predictions(judge, imgs)

@@ -97,11 +97,11 @@ QUICK_STEPS = dict(judge=500, identity=500, generator=2000, polish=700, blend=50
 #: stage retrained so, stage by stage with the run's seeds on 2 Zen 3 cores (fp32), 500 / 2000 samples: judge 1.000,
 #: CLIP 1.000 / 1.000 (worst, the mouth's image→text, 0.998 / 0.998), generator 0.900 / 0.889, encoder 0.956 / 0.962,
 #: every value; global directions 0.726 / 0.108, where the full recipe's CLIP on the same generator gives 0.852 /
-#: 0.144: CLIP's cut is where the hour recipe loses most.  The synthesis stages now draw 16 faces a step
-#: (:data:`SYNTHESIS_BATCH`, half the cost): generator 0.904 / 0.899 (exact codes 0.914 / 0.918), encoder 0.942 / 0.945.
+#: 0.144: CLIP's cut is where the hour recipe loses most.  The synthesis stages now draw 16 faces a step at half the
+#: cost, with the same figures (:data:`SYNTHESIS_BATCH`).
 #: Without bf16 units the recipe does not fit the hour: there the generator chain took 4898 s + 1152 s (encoder) and
-#: the identity net, CLIP phases and fs3 2456 s (the judge 519 s more), each in one process on both cores; with 16
-#: faces a synthesis step the synthesis stages and the mapping take 2807 s, about 1.6 h in all as two processes.
+#: the identity net, CLIP phases and fs3 2456 s (the judge 519 s more), each in one process on both cores; about
+#: 1.6 h in all as two processes with 16 faces a synthesis step.
 HOUR_STEPS = dict(judge=1500, identity=800, generator=6500, polish=2500, blend=1000, mapping=40000, encoder=1800, clip=1350, clip_pairs=400, clip_align=400, fs3=4000)
 RECIPES = {"full": FULL_STEPS, "hour": HOUR_STEPS, "quick": QUICK_STEPS}
 TINY_STEPS = dict(judge=3, identity=3, generator=3, polish=2, blend=2, mapping=3, encoder=3, clip=3, clip_pairs=2, clip_align=2, fs3=2)
@@ -578,7 +578,7 @@ MAIN_STAGE["quick"] = MAIN_STAGE["full"]
 #: mapping against 0.900 / 0.889 (eight mapping trainings on the 32-face synthesis spread over 0.859-0.902), 0.914 /
 #: 0.918 from the exact codes against 0.916 / 0.915; the encoder trained on it agrees 0.942 / 0.945 (0.956 / 0.962).
 #: Smiles on brown skin were unsure half as often (mouth 53 against 122 unsure), the irises more often (54 against 6).
-SYNTHESIS_BATCH = {"full": 32, "hour": 16, "quick": 32}
+SYNTHESIS_BATCH = {"full": BATCH["generator"], "hour": 16, "quick": BATCH["generator"]}
 
 
 def constant_torgb_styles(g, embed, n: int = 4096, seed: int = 0) -> None:
