@@ -607,8 +607,8 @@ def test_a_run_says_when_the_hour_recipe_will_not_fit_the_hour(monkeypatch):
     monkeypatch.setattr(train, "DEVICE", torch.device("cpu"))
     monkeypatch.setattr(train, "PRECISION", "fp32")
     line = train.run_plan("hour", 2)
-    assert line.startswith("[train] recipe hour on cpu, fp32, 2 processes") and "about 1.6 h" in line
-    assert "about 1.6 h" not in train.run_plan("full", 1)  # the full recipe makes no claim of an hour
+    assert line.startswith("[train] recipe hour on cpu, fp32, 2 processes") and "about 95 min" in line
+    assert "about 95 min" not in train.run_plan("full", 1)  # the full recipe makes no claim of an hour
     monkeypatch.setattr(train, "PRECISION", "bf16")
     assert train.run_plan("hour", 2) == "[train] recipe hour on cpu, bf16 autocast, 2 processes"
 

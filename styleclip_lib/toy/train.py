@@ -1290,8 +1290,8 @@ def run_plan(recipe: str, jobs: int) -> str:
     precision = "bf16 autocast" if use_bf16() else "fp32"
     line = f"[train] recipe {recipe} on {DEVICE}, {precision}, {jobs} process{'es' if jobs > 1 else ''}"
     if recipe == "hour" and DEVICE.type == "cpu" and not use_bf16():
-        line += ("; this CPU has no bf16 units (AMX or AVX-512 BF16), so expect about 1.6 h on 2 cores rather than the "
-                 "hour (95 min measured on 2 AMD Zen 3 cores; README 'The hour budget'); Ctrl-C or --stop-after N pauses, "
+        line += ("; this CPU has no bf16 units (AMX or AVX-512 BF16), so expect about 95 min on 2 cores rather than the "
+                 "hour (measured on 2 AMD Zen 3 cores; README 'The hour budget'); Ctrl-C or --stop-after N pauses, "
                  "the same command resumes")
     return line
 
